@@ -1,0 +1,31 @@
+"""muonjax: Muon-family optimizers as composable optax stages, for JAX and Flax NNX."""
+
+from muonjax.optimizers import (
+    OPTIMIZERS,
+    adamw,
+    get_optimizer,
+    muon,
+    partition_matrices,
+    register_optimizer,
+)
+from muonjax.orthogonalize import (
+    PRESETS as COEFFICIENT_PRESETS,
+    composed_polynomial,
+    get_coefficients,
+    newton_schulz,
+    polar_express,
+    polar_factor,
+)
+from muonjax.routing import label_params, muon_dimension_numbers, optax_dimension_numbers
+from muonjax.transforms import (
+    MomentumState,
+    MuonDimensionNumbers,
+    make_orthogonalizer,
+    momentum,
+    orthogonalize,
+    orthogonalize_tree,
+    scale_by_shape,
+    shape_factor,
+)
+
+__version__ = "0.1.0"

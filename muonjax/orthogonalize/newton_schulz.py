@@ -1,0 +1,234 @@
+"""Newton–Schulz and Polar Express orthogonalization on arrays ``(..., m, n)``.
+
+One quintic step on a wide matrix X (m <= n)::
+
+    A = X X^T;   B = b A + c A A;   X <- a X + B X
+
+maps every singular value through ``p(s) = a s + b s^3 + c s^5`` and leaves the
+singular vectors alone. Tall inputs are transposed first so the Gram matrix lives
+on the short side; NS(X^T) = NS(X)^T exactly. Leading axes are batch axes.
+
+References:
+  Jordan, Muon (https://kellerjordan.github.io/posts/muon/,
+  https://github.com/KellerJordan/Muon).
+  Amsel et al., The Polar Express, arXiv 2505.16932
+  (https://github.com/NoahAmsel/PolarExpress).
+  Boissin et al., Turbo-Muon (AOL preconditioning), arXiv 2512.04632.
+  Grishina et al., Chebyshev-type NS (Schatten-4 scaling), arXiv 2506.10935.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from muonjax.orthogonalize.coefficients import CoeffsLike, get_coefficients
+
+Normalization = Literal["frobenius", "spectral", "aol", "schatten", "none"]
+NORMALIZATIONS = ("frobenius", "spectral", "aol", "schatten", "none")
+
+
+def _gram(x: jax.Array) -> jax.Array:
+  return jnp.einsum("...ik,...jk->...ij", x, x)
+
+
+def _quintic_step(x: jax.Array, gram: jax.Array, abc: jax.Array) -> jax.Array:
+  b_mat = abc[1] * gram + abc[2] * (gram @ gram)
+  return abc[0] * x + b_mat @ x
+
+
+def _scaled_by_max(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``x / max|x|`` per matrix (with 1 for zero matrices), and that max.
+
+  Pre-scaling keeps the norms finite for inputs near the dtype's limits
+  (1e30 gradients overflow a float32 sum of squares); every normalization
+  below is invariant to it.
+  """
+  amax = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+  amax = jnp.where(amax > 0, amax, jnp.ones_like(amax))
+  return x / amax, amax
+
+
+def _frobenius_normalize(x, safety, eps):
+  x, amax = _scaled_by_max(x)
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
+  return x / (norm * safety + eps / amax)
+
+
+def _spectral_normalize(x, safety, eps):
+  x, amax = _scaled_by_max(x)
+  norm = jnp.linalg.norm(x, ord=2, axis=(-2, -1), keepdims=True)
+  return x / (norm * safety + eps / amax)
+
+
+def _aol_first_step(x, abc, eps):
+  """AOL: rescale rows by 1/sqrt(sum_j |A_ij|) inside the first iteration."""
+  gram = _gram(x)
+  d = jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.abs(gram), axis=-1), eps))
+  x = x * d[..., :, None]
+  gram = gram * d[..., :, None] * d[..., None, :]
+  return _quintic_step(x, gram, abc)
+
+
+def _schatten_first_step(x, abc, eps):
+  """Scale by 1/||X||_{S4} = 1/sqrt(||X X^T||_F) inside the first iteration."""
+  gram = _gram(x)
+  fro = jnp.sqrt(jnp.sum(jnp.square(gram), axis=(-2, -1), keepdims=True))
+  s = jax.lax.rsqrt(jnp.maximum(fro, eps))
+  return _quintic_step(x * s, gram * s * s, abc)
+
+
+def newton_schulz(
+    x: jax.Array,
+    coeffs: CoeffsLike = "keller",
+    steps: Optional[int] = None,
+    *,
+    normalization: Normalization = "frobenius",
+    safety: Optional[float] = None,
+    eps: Optional[float] = None,
+    compute_dtype: Optional[jnp.dtype] = None,
+) -> jax.Array:
+  r"""Approximate the polar factor ``U V^T`` of every matrix in ``x``.
+
+  Args:
+    x: array of shape ``(..., m, n)``; leading axes are batch axes.
+    coeffs: a preset name (``"keller"``, ``"dion"``, ``"polar_express"``,
+      ``"polar_express_modded"``, ``"exact_cubic"``, ``"polar_express_gptopt"``),
+      a ``(3,)`` triple or a ``(rows, 3)`` table. Tables shorter than ``steps``
+      repeat their last row.
+    steps: number of iterations; defaults to the set's own (5 for most).
+    normalization: how the input is scaled before iterating. ``"frobenius"``:
+      ``X / (||X||_F * safety + eps)``; ``"spectral"``: by the largest singular
+      value (an SVD per matrix: expensive); ``"aol"`` and ``"schatten"``: no
+      pre-scaling, the first iteration rescales with its own Gram matrix;
+      ``"none"``: the caller guarantees ``sigma_max <= 1``.
+    safety: divisor ``s`` of the Frobenius norm; defaults to the set's own
+      (1.01 for Polar Express, 1.02 for the modded table, else 1).
+    eps: additive epsilon of the normalization; defaults to the set's own.
+    compute_dtype: dtype of the iteration (e.g. ``jnp.bfloat16``); the norm is
+      taken in the input dtype first. Defaults to the input dtype.
+
+  Returns:
+    An array with the shape and dtype of ``x``. Zero matrices map to zero.
+
+  References:
+    Jordan, https://github.com/KellerJordan/Muon; Amsel et al., arXiv 2505.16932.
+  """
+  if x.ndim < 2:
+    raise ValueError(
+        f"newton_schulz expects an array of shape (..., m, n); got shape {x.shape}")
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(
+        f"normalization must be one of {NORMALIZATIONS}; got {normalization!r}")
+  cset = get_coefficients(coeffs)
+  rows = cset.rows(steps)
+  safety = cset.safety if safety is None else float(safety)
+  eps = cset.eps if eps is None else float(eps)
+  out_dtype = x.dtype
+  compute_dtype = out_dtype if compute_dtype is None else jnp.dtype(compute_dtype)
+  if not jnp.issubdtype(out_dtype, jnp.inexact):
+    raise ValueError(f"newton_schulz expects a floating array; got {out_dtype}")
+
+  tall = x.shape[-2] > x.shape[-1]
+  if tall:
+    x = jnp.swapaxes(x, -1, -2)
+
+  first_eps = max(eps, 1e-30)
+  if normalization == "frobenius":
+    x = _frobenius_normalize(x, safety, eps)
+  elif normalization == "spectral":
+    x = _spectral_normalize(x, safety, eps)
+  elif normalization in ("aol", "schatten"):
+    x, _ = _scaled_by_max(x)
+  x = x.astype(compute_dtype)
+  table = jnp.asarray(rows, dtype=compute_dtype)
+
+  if normalization == "aol":
+    x = _aol_first_step(x, table[0], first_eps)
+    table = table[1:]
+  elif normalization == "schatten":
+    x = _schatten_first_step(x, table[0], first_eps)
+    table = table[1:]
+
+  def body(x, abc):
+    return _quintic_step(x, _gram(x), abc), None
+
+  if table.shape[0]:
+    x, _ = jax.lax.scan(body, x, table)
+  if tall:
+    x = jnp.swapaxes(x, -1, -2)
+  return x.astype(out_dtype)
+
+
+def polar_express(
+    x: jax.Array,
+    steps: int = 5,
+    *,
+    variant: Literal["paper", "modded", "gptopt"] = "paper",
+    normalization: Normalization = "frobenius",
+    safety: Optional[float] = None,
+    eps: Optional[float] = None,
+    compute_dtype: Optional[jnp.dtype] = None,
+) -> jax.Array:
+  """Polar Express: Newton–Schulz with per-step optimal quintics.
+
+  Args:
+    x: array ``(..., m, n)``.
+    steps: iterations; the paper table has 8 rows and repeats the last beyond.
+    variant: ``"paper"`` (8-row table, safety 1.01), ``"modded"`` (the
+      modded-nanogpt / Dion 5-row table, safety 1.02) or ``"gptopt"`` (GPT-opt's
+      uniformly deflated table, parity only).
+    normalization, safety, eps, compute_dtype: as in :func:`newton_schulz`.
+
+  Returns:
+    Array with the shape and dtype of ``x``.
+
+  References:
+    Amsel, Persson, Musco, Gower, The Polar Express, arXiv 2505.16932,
+    https://github.com/NoahAmsel/PolarExpress.
+  """
+  names = {"paper": "polar_express", "modded": "polar_express_modded",
+           "gptopt": "polar_express_gptopt"}
+  if variant not in names:
+    raise ValueError(f"variant must be one of {sorted(names)}; got {variant!r}")
+  return newton_schulz(x, names[variant], steps, normalization=normalization,
+                       safety=safety, eps=eps, compute_dtype=compute_dtype)
+
+
+def polar_factor(x: jax.Array) -> jax.Array:
+  """Exact polar factor ``U V^T`` via SVD, batched over leading axes.
+
+  Singular directions with a singular value below ``max(m, n) * eps * sigma_max``
+  map to zero, so ``polar_factor(0) = 0`` like the iterative methods. Runs in
+  the input dtype (use float64 with ``jax_enable_x64`` for an oracle).
+
+  Args:
+    x: array ``(..., m, n)``.
+
+  Returns:
+    Array with the shape and dtype of ``x``.
+  """
+  if x.ndim < 2:
+    raise ValueError(f"polar_factor expects (..., m, n); got shape {x.shape}")
+  u, s, vh = jnp.linalg.svd(x, full_matrices=False)
+  tol = max(x.shape[-2:]) * jnp.finfo(x.dtype).eps * jnp.max(s, axis=-1, keepdims=True)
+  keep = (s > tol).astype(x.dtype)
+  return jnp.einsum("...ik,...k,...kj->...ij", u, keep, vh)
+
+
+def composed_polynomial(sigma: np.ndarray, coeffs: CoeffsLike = "keller",
+                        steps: Optional[int] = None, *,
+                        safety: Optional[float] = None) -> np.ndarray:
+  """Scalar map ``p_T o ... o p_1 (sigma / safety)`` in float64 (NumPy).
+
+  The exact action of :func:`newton_schulz` on the singular values of a matrix
+  whose Frobenius norm is 1 (epsilon neglected). Useful for checking tables.
+  """
+  cset = get_coefficients(coeffs)
+  s = np.asarray(sigma, dtype=np.float64) / (cset.safety if safety is None else safety)
+  for a, b, c in cset.rows(steps):
+    s = a * s + b * s**3 + c * s**5
+  return s
