@@ -1,0 +1,3 @@
+from muonjax.cli import main
+
+raise SystemExit(main())
