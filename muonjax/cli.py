@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument("--steps", type=_positive_int, default=300)
   demo.add_argument("--seed", type=int, default=0)
   demo.add_argument("--muon-lr", type=_positive_float, default=0.02)
-  demo.add_argument("--adamw-lr", type=_positive_float, default=3e-3)
+  demo.add_argument("--adamw-lr", type=_positive_float, default=1e-2)
   sub.add_parser("bench", help="orthogonalization benchmark (see `muonjax bench --help`)",
                  add_help=False)
   return parser

@@ -2,7 +2,9 @@
 
 The task is a synthetic regression: a fixed random two-layer "teacher" network
 maps Gaussian inputs to targets, and a wider student learns it. Both optimizers
-see the same initial weights and the same batches.
+see the same initial weights and the same batches. The default learning rates
+are each optimizer's best on a small grid (mean loss of the last 20 steps;
+AdamW over {1e-3, 3e-3, 1e-2, 3e-2}, Muon over {0.01, 0.02, 0.05, 0.1}).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class DemoConfig:
   steps: int = 300
   seed: int = 0
   muon_lr: float = 0.02
-  adamw_lr: float = 3e-3
+  adamw_lr: float = 1e-2
 
 
 class MLP(nnx.Module):
