@@ -146,3 +146,44 @@ def map_matrices(fn: Callable[[str, jax.Array, MatrixView], jax.Array],
     view = leaf_view(path, leaf, dn)
     out.append(leaf if view is None else fn(path, leaf, view))
   return treedef.unflatten(out)
+
+
+def init_per_matrix(fn: Callable[[str, jax.Array, MatrixView], Any],
+                    spec: DimensionNumbersSpec, params: Any) -> Any:
+  """Per-matrix state: ``fn(path, leaf, view)`` at matrix leaves, ``MaskedNode()`` elsewhere.
+
+  The result has the structure of ``params``; pass-through leaves hold an empty
+  ``optax.MaskedNode`` so the state has no arrays for them.
+  """
+  items, treedef = resolve(spec, params)
+  out = []
+  for path, leaf, dn in items:
+    view = leaf_view(path, leaf, dn)
+    out.append(MaskedNode() if view is None else fn(path, leaf, view))
+  return treedef.unflatten(out)
+
+
+def map_matrices_with_state(
+    fn: Callable[[str, jax.Array, MatrixView, Any], tuple[jax.Array, Any]],
+    spec: DimensionNumbersSpec, updates: Any, state: Any, *extra_trees: Any,
+) -> tuple[Any, Any]:
+  """Apply ``fn(path, leaf, view, leaf_state, *extra_leaves) -> (new_leaf, new_state)``.
+
+  ``state`` is a tree built by :func:`init_per_matrix` over the same routing;
+  ``extra_trees`` (e.g. params) have the structure of ``updates``. Pass-through
+  leaves keep their update and their (empty) state.
+  """
+  items, treedef = resolve(spec, updates)
+  states = treedef.flatten_up_to(state)
+  extras = [treedef.flatten_up_to(t) for t in extra_trees]
+  new_updates, new_states = [], []
+  for i, (path, leaf, dn) in enumerate(items):
+    view = leaf_view(path, leaf, dn)
+    if view is None:
+      new_updates.append(leaf)
+      new_states.append(states[i])
+      continue
+    u, s = fn(path, leaf, view, states[i], *(e[i] for e in extras))
+    new_updates.append(u)
+    new_states.append(s)
+  return treedef.unflatten(new_updates), treedef.unflatten(new_states)
