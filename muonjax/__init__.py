@@ -2,9 +2,12 @@
 
 from muonjax.optimizers import (
     OPTIMIZERS,
+    adamuon,
     adamw,
     get_optimizer,
+    hyperparameters,
     muon,
+    normuon,
     partition_matrices,
     register_optimizer,
 )
@@ -20,12 +23,19 @@ from muonjax.routing import label_params, muon_dimension_numbers, optax_dimensio
 from muonjax.transforms import (
     MomentumState,
     MuonDimensionNumbers,
+    SecondMomentState,
+    adamuon_normalize,
+    cautious_weight_decay,
     make_orthogonalizer,
     momentum,
+    normuon_normalize,
     orthogonalize,
     orthogonalize_tree,
     scale_by_shape,
+    scale_to_rms,
     shape_factor,
+    sign,
+    weight_decay,
 )
 
 __version__ = "0.1.0"

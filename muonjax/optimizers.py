@@ -9,7 +9,7 @@ otherwise.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax.numpy as jnp
 import optax
@@ -17,8 +17,16 @@ import optax
 from muonjax import routing
 from muonjax.orthogonalize.coefficients import CoeffsLike
 from muonjax.transforms.momentum import MomentumForm, momentum
+from muonjax.transforms.normalize import (
+    adamuon_normalize,
+    normuon_normalize,
+    scale_to_rms,
+    sign,
+)
 from muonjax.transforms.orthogonalize import Orthogonalizer, orthogonalize
 from muonjax.transforms.scale import ShapeRule, scale_by_shape
+from muonjax.transforms.weight_decay import DecayMode
+from muonjax.transforms.weight_decay import weight_decay as weight_decay_stage
 from muonjax.transforms.validation import (
     check_choice,
     check_non_negative,
@@ -45,6 +53,14 @@ _COMPAT_PRESETS: dict[Optional[str], dict[str, Any]] = {
                   adam_learning_rate=None, adam_b2=0.999, adam_eps=1e-8,
                   adam_nesterov=True, dimension_numbers=routing.optax_dimension_numbers),
 }
+
+
+Stage = Union[optax.GradientTransformation, Callable[[Any], optax.GradientTransformation]]
+
+
+def build_stages(stages: Sequence[Stage], dims) -> list[optax.GradientTransformation]:
+  """Instantiate stage factories with the dimension-numbers spec ``dims``."""
+  return [s if isinstance(s, optax.GradientTransformation) else s(dims) for s in stages]
 
 
 def check_learning_rate(name: str, value) -> None:
@@ -93,6 +109,7 @@ def muon(
     rms: float = 0.2,
     weight_decay: float = 0.0,
     weight_decay_mask: Any = None,
+    weight_decay_mode: DecayMode = "decoupled",
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = PRESET,
     adam_b1: float = 0.9,
     adam_b2: float = PRESET,
@@ -101,6 +118,8 @@ def muon(
     adam_nesterov: bool = PRESET,
     dimension_numbers: Any = PRESET,
     group_by_shape: bool = True,
+    before_orthogonalize: Sequence[Stage] = (),
+    after_orthogonalize: Sequence[Stage] = (),
     compat: Optional[str] = None,
 ) -> optax.GradientTransformation:
   r"""Muon on matrix leaves, AdamW on the rest.
@@ -140,12 +159,18 @@ def muon(
     rms: target RMS of ``"rms_match"``.
     weight_decay: decoupled decay λ of the matrix leaves.
     weight_decay_mask: optax mask (tree or callable) for the matrix decay.
+    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (both branches).
     adam_learning_rate: AdamW learning rate (None: same as ``learning_rate``).
     adam_b1, adam_b2, adam_eps, adam_weight_decay, adam_nesterov: AdamW knobs.
     dimension_numbers: routing: a tree of ``MuonDimensionNumbers`` / ``None``
       (e.g. from :func:`muonjax.muon_dimension_numbers` of an ``nnx.Module``,
       which reads Variable metadata) or a callable ``params -> tree``.
     group_by_shape: orthogonalize equal-shape matrices in one batched call.
+    before_orthogonalize: stages run after momentum, before orthogonalization
+      (e.g. ``mj.sign()``): ``GradientTransformation``\ s, or callables taking
+      the dimension-numbers spec and returning one.
+    after_orthogonalize: stages run on the orthogonalized update, before the
+      shape scale (e.g. ``mj.normuon_normalize``), in the same forms.
     compat: ``None`` (Keller) or ``"optax"``.
 
   Returns:
@@ -180,18 +205,131 @@ def muon(
     return optax.chain(
         momentum(beta, nesterov=nesterov, form=momentum_form,
                  bias_correction=knobs["bias_correction"], mu_dtype=mu_dtype),
+        *build_stages(before_orthogonalize, dims),
         orthogonalize(method, coeffs=coeffs, steps=steps, normalization=normalization,
                       safety=safety, eps=knobs["eps"], compute_dtype=knobs["compute_dtype"],
                       dimension_numbers=dims, group_by_shape=group_by_shape),
+        *build_stages(after_orthogonalize, dims),
         scale_by_shape(shape_rule, dimension_numbers=dims, rms=rms),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        weight_decay_stage(weight_decay, mode=weight_decay_mode, mask=weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
     )
 
-  other = optax.adamw(adam_lr, b1=adam_b1, b2=knobs["adam_b2"], eps=knobs["adam_eps"],
-                      weight_decay=adam_weight_decay, mu_dtype=mu_dtype,
-                      nesterov=knobs["adam_nesterov"])
+  other = adam_branch(adam_lr, b1=adam_b1, b2=knobs["adam_b2"], eps=knobs["adam_eps"],
+                      weight_decay=adam_weight_decay, weight_decay_mode=weight_decay_mode,
+                      mu_dtype=mu_dtype, nesterov=knobs["adam_nesterov"])
   return partition_matrices(matrix_chain, other, knobs["dimension_numbers"])
+
+
+def adam_branch(learning_rate, *, b1, b2, eps, weight_decay, weight_decay_mode="decoupled",
+                mu_dtype=None, nesterov=False) -> optax.GradientTransformation:
+  """AdamW for non-matrix leaves: ``optax.adamw``'s chain with a choice of decay."""
+  return optax.chain(
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, nesterov=nesterov),
+      weight_decay_stage(weight_decay, mode=weight_decay_mode),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def normuon(
+    learning_rate: optax.ScalarOrSchedule = 0.02,
+    *,
+    beta2: Optional[float] = None,
+    form: str = "code",
+    **muon_kwargs,
+) -> optax.GradientTransformation:
+  r"""NorMuon: Muon with a per-neuron second moment on the orthogonalized update.
+
+  Forms (Flax layout; "per output neuron" = one value per column of the
+  ``(n_in, n_out)`` kernel):
+
+  * ``"code"`` (default, the official repository): EMA + Nesterov momentum,
+    Keller NS5, ``S`` = EMA(β₂ = 0.95) of the mean of ``O²`` over the input axis,
+    ``O / (√S + 1e-10)`` rescaled back to ``‖O‖_F``, Keller shape scale.
+  * ``"paper"``: no Nesterov, ``O / (√S + 1e-8)`` then ``0.2·√(n_in n_out)/‖Ô‖_F``
+    (update RMS 0.2) instead of the norm restore and shape scale.
+  * ``"modded"`` (modded-nanogpt): statistic along the longer side, β₂ = 0.9,
+    ``rsqrt(max(S, 1e-10))`` and a clamped norm restore.
+
+  Args:
+    learning_rate: base learning rate η.
+    beta2: EMA coefficient of the neuron statistic (0.95; 0.9 for ``"modded"``).
+    form: ``"code"``, ``"paper"`` or ``"modded"``.
+    **muon_kwargs: any :func:`muon` argument (momentum, NS, AdamW branch,
+      weight decay, routing).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  References:
+    Li et al., NorMuon, arXiv 2510.05491, https://github.com/zichongli5/NorMuon
+    (paper vs code: issues #5, #6, #9); modded-nanogpt
+    https://github.com/KellerJordan/modded-nanogpt.
+  """
+  check_choice("form", form, ("code", "paper", "modded"))
+  beta2 = (0.9 if form == "modded" else 0.95) if beta2 is None else beta2
+  check_unit_interval("beta2", beta2)
+  if form == "paper":
+    muon_kwargs.setdefault("nesterov", False)
+    muon_kwargs.setdefault("shape_rule", "none")
+    stages = [lambda dims: normuon_normalize(beta2, eps=1e-8, restore_norm=False,
+                                             dimension_numbers=dims),
+              lambda dims: scale_to_rms(0.2, eps=1e-8, dimension_numbers=dims)]
+  else:
+    modded = form == "modded"
+    stages = [lambda dims: normuon_normalize(
+        beta2, axis="longer" if modded else "output", eps=1e-10, clamp=modded,
+        dimension_numbers=dims)]
+  muon_kwargs["after_orthogonalize"] = list(stages) + list(
+      muon_kwargs.get("after_orthogonalize", ()))
+  return muon(learning_rate, **muon_kwargs)
+
+
+def adamuon(
+    learning_rate: optax.ScalarOrSchedule = 0.02,
+    *,
+    weight_decay: float = 0.01,
+    eps: float = 1e-8,
+    form: str = "code",
+    nu_dtype: Optional[jnp.dtype] = jnp.float32,
+    **muon_kwargs,
+) -> optax.GradientTransformation:
+  r"""AdaMuon: Newton–Schulz of ``sign(U)``, an elementwise second moment, RMS 0.2.
+
+  Matrix chain: momentum → ``sign`` → Keller NS5 → ``v ← βv + (1−β)O²`` (β is
+  the momentum's) → ``O/(√v + eps)`` → ``· 0.2·√(n_in n_out)/(‖Ô‖_F + eps)`` →
+  decay → −η. ``form="megatron"`` uses heavy-ball momentum (same direction up to
+  the ε terms) and weight decay 0.1 unless given.
+
+  Args:
+    learning_rate: base learning rate η.
+    weight_decay: decoupled decay λ of the matrices.
+    eps: epsilon of the second moment and of the RMS rescale.
+    form: ``"code"`` (GPT-2 code) or ``"megatron"``.
+    nu_dtype: second-moment dtype (float32; bfloat16 for reference parity).
+    **muon_kwargs: any :func:`muon` argument.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  References:
+    Si et al., AdaMuon, arXiv 2507.11005, https://github.com/Chongjie-Si/AdaMuon.
+  """
+  check_choice("form", form, ("code", "megatron"))
+  if form == "megatron":
+    muon_kwargs.setdefault("momentum_form", "sgd")
+    if weight_decay == 0.01:
+      weight_decay = 0.1
+  beta = muon_kwargs.get("beta", 0.95)
+  muon_kwargs.setdefault("shape_rule", "none")
+  muon_kwargs["before_orthogonalize"] = [
+      lambda dims: sign(dimension_numbers=dims),
+      *muon_kwargs.get("before_orthogonalize", ())]
+  muon_kwargs["after_orthogonalize"] = [
+      lambda dims: adamuon_normalize(beta, eps=eps, nu_dtype=nu_dtype, dimension_numbers=dims),
+      lambda dims: scale_to_rms(0.2, eps=eps, dimension_numbers=dims),
+      *muon_kwargs.get("after_orthogonalize", ())]
+  return muon(learning_rate, weight_decay=weight_decay, **muon_kwargs)
 
 
 def adamw(
@@ -215,6 +353,8 @@ def adamw(
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "muon": muon,
+    "normuon": normuon,
+    "adamuon": adamuon,
     "adamw": adamw,
 }
 
@@ -224,6 +364,17 @@ def register_optimizer(name: str, factory: Callable[..., optax.GradientTransform
   if name in OPTIMIZERS:
     raise ValueError(f"optimizer {name!r} is already registered")
   OPTIMIZERS[name] = factory
+
+
+def hyperparameters(factory: Callable[..., Any]) -> list[str]:
+  """Names a factory accepts; ``**muon_kwargs`` forwards to :func:`muon`'s."""
+  names = []
+  for p in inspect.signature(factory).parameters.values():
+    if p.kind is inspect.Parameter.VAR_KEYWORD:
+      names += [n for n in inspect.signature(muon).parameters if n not in names]
+    else:
+      names.append(p.name)
+  return names
 
 
 def get_optimizer(name: str, **hparams) -> optax.GradientTransformation:
@@ -236,7 +387,7 @@ def get_optimizer(name: str, **hparams) -> optax.GradientTransformation:
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
   factory = OPTIMIZERS[name]
-  allowed = [p for p in inspect.signature(factory).parameters]
+  allowed = hyperparameters(factory)
   unknown = sorted(set(hparams) - set(allowed))
   if unknown:
     raise ValueError(
