@@ -98,7 +98,7 @@ def muon(
     momentum_form: MomentumForm = "ema",
     bias_correction: bool = PRESET,
     mu_dtype: Optional[jnp.dtype] = None,
-    method: Union[str, Orthogonalizer] = "newton_schulz",
+    method: Union[str, Orthogonalizer, None] = "newton_schulz",
     coeffs: Optional[CoeffsLike] = None,
     steps: Optional[int] = None,
     normalization: str = "frobenius",
@@ -147,7 +147,8 @@ def muon(
     momentum_form: ``"ema"``, ``"sgd"`` or ``"ema_from_first"``.
     bias_correction: optax-style bias correction of the EMA.
     mu_dtype: momentum buffer dtype (default: the parameter dtype).
-    method: ``"newton_schulz"``, ``"polar_express"``, ``"svd"`` or a callable.
+    method: ``"newton_schulz"``, ``"polar_express"``, ``"svd"``, a callable, or
+      ``None`` for no orthogonalization (Mano; the "momentum only" ablation).
     coeffs: coefficient preset or table (default: Keller / Polar Express).
     steps: orthogonalization iterations (default 5).
     normalization: ``"frobenius"``, ``"spectral"``, ``"aol"``, ``"schatten"``.
@@ -206,9 +207,10 @@ def muon(
         momentum(beta, nesterov=nesterov, form=momentum_form,
                  bias_correction=knobs["bias_correction"], mu_dtype=mu_dtype),
         *build_stages(before_orthogonalize, dims),
-        orthogonalize(method, coeffs=coeffs, steps=steps, normalization=normalization,
-                      safety=safety, eps=knobs["eps"], compute_dtype=knobs["compute_dtype"],
-                      dimension_numbers=dims, group_by_shape=group_by_shape),
+        *([] if method is None else [orthogonalize(
+            method, coeffs=coeffs, steps=steps, normalization=normalization, safety=safety,
+            eps=knobs["eps"], compute_dtype=knobs["compute_dtype"], dimension_numbers=dims,
+            group_by_shape=group_by_shape)]),
         *build_stages(after_orthogonalize, dims),
         scale_by_shape(shape_rule, dimension_numbers=dims, rms=rms),
         weight_decay_stage(weight_decay, mode=weight_decay_mode, mask=weight_decay_mask),

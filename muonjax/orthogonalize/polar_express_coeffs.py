@@ -18,6 +18,7 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -27,15 +28,14 @@ import numpy as np
 # factor of 10.
 PAPER_CUSHION: float = 0.02407327424182761
 
-# When ``l / u`` is this close to 1 the Remez linear system is numerically
-# singular; the minimax polynomial then equals its ``l -> u`` limit to well
-# below float64 resolution of the coefficients that matter.
+# Once ``l / u >= 1 - _LIMIT_RTOL`` the optimal error is below float64
+# resolution, the Remez system cannot resolve it, and the ``l -> u`` limit is
+# returned instead (same threshold as the reference code).
 _LIMIT_RTOL = 5e-6
 _REMEZ_TOL = 1e-15
 _REMEZ_MAX_ITERS = 100
 
 _QUINTIC_LIMIT = (15.0 / 8.0, -10.0 / 8.0, 3.0 / 8.0)
-_CUBIC_LIMIT = (3.0 / 2.0, -1.0 / 2.0)
 
 
 def _check_interval(l: float, u: float) -> tuple[float, float]:
@@ -121,7 +121,8 @@ def optimal_quintic(l: float, u: float) -> tuple[float, float, float]:
   points ``l < q < r < u`` (``1 - p = E, -E, E, -E``), where ``q`` and ``r``
   are the critical points of ``p``. As ``l / u -> 1`` the solution tends to
   ``(15/8, -10/8, 3/8) / (u, u^3, u^5)``, which is returned directly once
-  ``l / u >= 1 - 5e-6``.
+  ``l / u >= 1 - 5e-6`` (and if the exchange breaks down because the optimal
+  error is at rounding level, which only happens for ``l / u > 1 - 1e-5``).
 
   Args:
     l: Lower end of the interval, ``0 < l <= u``.
@@ -158,19 +159,36 @@ def _optimal_odd(l: float, u: float, degree: int) -> tuple[float, ...]:
   return optimal_quintic(l, u)
 
 
+def _is_real(x: object) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _validate_composition_args(
     l: float, num_iters: int, safety_factor_eps: float, cushion: float, degree: int
 ) -> None:
-  if not (isinstance(l, (int, float)) and 0.0 < l < 1.0):
+  if not (_is_real(l) and 0.0 < l < 1.0):
     raise ValueError(f"l must satisfy 0 < l < 1; got {l!r}.")
-  if isinstance(num_iters, bool) or not isinstance(num_iters, (int, np.integer)) or num_iters < 1:
+  if not (isinstance(num_iters, numbers.Integral) and not isinstance(num_iters, bool)
+          and num_iters >= 1):
     raise ValueError(f"num_iters must be an integer >= 1; got {num_iters!r}.")
-  if not (isinstance(safety_factor_eps, (int, float)) and 0.0 <= safety_factor_eps < math.inf):
-    raise ValueError(f"safety_factor_eps must be finite and >= 0; got {safety_factor_eps!r}.")
-  if not (isinstance(cushion, (int, float)) and 0.0 <= cushion < 1.0):
+  if not (_is_real(safety_factor_eps) and 0.0 <= safety_factor_eps < math.inf):
+    raise ValueError(
+        f"safety_factor_eps must be finite and >= 0; got {safety_factor_eps!r}.")
+  if not (_is_real(cushion) and 0.0 <= cushion < 1.0):
     raise ValueError(f"cushion must satisfy 0 <= cushion < 1; got {cushion!r}.")
   if degree not in (3, 5):
     raise ValueError(f"degree must be one of {{3, 5}}; got {degree!r}.")
+
+
+def _max_on(coeffs: tuple[float, ...], lo: float, hi: float) -> float:
+  """Maximum of the odd cubic/quintic ``coeffs`` over ``[lo, hi]``."""
+  a, b, c = (tuple(coeffs) + (0.0,))[:3]
+  # Critical points: a + 3b y + 5c y^2 = 0 with y = x^2.
+  ys = np.roots(np.trim_zeros([5.0 * c, 3.0 * b, a], "f"))
+  xs = [lo, hi] + [
+      math.sqrt(y.real) for y in ys if y.imag == 0.0 and lo * lo < y.real < hi * hi
+  ]
+  return max(_odd_poly(coeffs, x) for x in xs)
 
 
 def _deflate(coeffs: tuple[float, ...], s: float) -> tuple[float, ...]:
@@ -191,14 +209,15 @@ def optimal_composition(
 
   Starting from ``[l_1, u_1] = [l, 1]``, step ``t`` takes the minimax odd
   polynomial ``p_t`` for ``[max(l_t, cushion * u_t), u_t]``; if the cushion
-  was active, ``p_t`` is rescaled so that ``p_t(l_t) + p_t(u_t) = 2``. The
-  next interval is ``l_{t+1} = p_t(l_t)``, ``u_{t+1} = 2 - l_{t+1}`` (then
-  ``l_{t+1} = min(l_{t+1}, u_{t+1})``). Every polynomial except the last is
-  then deflated by ``s = 1 + safety_factor_eps``, i.e. replaced by
-  ``x -> p_t(x / s)``: ``(a, b, c) -> (a / s, b / s^3, c / s^5)``.
+  was active, ``p_t`` is rescaled so that ``p_t(l_t) + max_{[l_t, u_t]} p_t
+  = 2`` (the maximum is ``p_t(u_t)`` for quintics). The next interval is
+  ``l_{t+1} = p_t(l_t)``, ``u_{t+1} = 2 - l_{t+1}`` (then ``l_{t+1} =
+  min(l_{t+1}, u_{t+1})``). Every polynomial except the last is deflated by
+  ``s = 1 + safety_factor_eps``, i.e. replaced by ``x -> p_t(x / s)``:
+  ``(a, b, c) -> (a / s, b / s^3, c / s^5)``.
 
   With the defaults and ``num_iters=8`` this reproduces the coefficient list
-  published in the paper (including its ``1.01`` safety factor).
+  published in the paper, deflated by its ``1.01`` safety factor, to ~4e-9.
 
   Args:
     l: Lower bound on the singular values after normalization, ``0 < l < 1``.
@@ -236,7 +255,8 @@ def optimal_composition(
   for t in range(num_iters):
     coeffs = _optimal_odd(max(lo, cushion * hi), hi, degree)
     if cushion * hi > lo:
-      scale = 2.0 / (_odd_poly(coeffs, lo) + _odd_poly(coeffs, hi))
+      # Recentre the range [p(lo), max p] of p on [lo, hi] around 1.
+      scale = 2.0 / (_odd_poly(coeffs, lo) + _max_on(coeffs, lo, hi))
       coeffs = tuple(scale * coef for coef in coeffs)
     if t < num_iters - 1:
       deflated = _deflate(coeffs, s)
