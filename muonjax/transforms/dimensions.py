@@ -90,6 +90,21 @@ class _Box:
     self.value = value
 
 
+def broadcast_to_leaves(prefix: Any, tree: Any, is_leaf: Callable[[Any], bool]) -> list:
+  """Values of ``prefix`` (a prefix tree of ``tree``) repeated for each leaf of ``tree``.
+
+  ``is_leaf`` marks the spec values (e.g. ``None``, ints, dimension numbers);
+  the result is aligned with ``jax.tree_util.tree_leaves(tree)``.
+  """
+  spec_leaves, spec_def = jax.tree_util.tree_flatten(prefix, is_leaf=is_leaf)
+  try:
+    subtrees = spec_def.flatten_up_to(tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"spec tree does not match the update tree: {e}") from e
+  boxed = [jax.tree.map(lambda _, v=v: _Box(v), sub) for v, sub in zip(spec_leaves, subtrees)]
+  return [b.value for b in jax.tree_util.tree_leaves(spec_def.unflatten(boxed))]
+
+
 def resolve(spec: DimensionNumbersSpec, updates: Any):
   """Align a dimension-numbers spec with the array leaves of ``updates``.
 
@@ -111,16 +126,8 @@ def resolve(spec: DimensionNumbersSpec, updates: Any):
   if spec is None or isinstance(spec, MuonDimensionNumbers):
     dns = [spec or "default"] * len(leaves)
   else:
-    spec_leaves, spec_def = jax.tree_util.tree_flatten(spec, is_leaf=_is_spec_leaf)
-    try:
-      subtrees = spec_def.flatten_up_to(updates)
-    except (ValueError, TypeError) as e:
-      raise ValueError(
-          "dimension numbers tree does not match the update tree: " + str(e)) from e
-    boxed = [jax.tree.map(lambda _, dn=dn: _Box(dn), sub)
-             for dn, sub in zip(spec_leaves, subtrees)]
-    dns = [b.value for b in jax.tree_util.tree_leaves(spec_def.unflatten(boxed))]
-    dns = [None if isinstance(d, MaskedNode) else d for d in dns]
+    dns = [None if isinstance(d, MaskedNode) else d
+           for d in broadcast_to_leaves(spec, updates, _is_spec_leaf)]
   items = [(jax.tree_util.keystr(p), leaf, dn)
            for (p, leaf), dn in zip(leaves, dns)]
   return items, treedef
