@@ -9,6 +9,7 @@ from muonjax.optimizers import (
     muon,
     normuon,
     partition_matrices,
+    polar_muon,
     register_optimizer,
 )
 from muonjax.orthogonalize import (

@@ -233,6 +233,34 @@ def adam_branch(learning_rate, *, b1, b2, eps, weight_decay, weight_decay_mode="
   )
 
 
+def polar_muon(
+    learning_rate: optax.ScalarOrSchedule = 0.02,
+    *,
+    steps: int = 5,
+    variant: str = "paper",
+    **muon_kwargs,
+) -> optax.GradientTransformation:
+  """Muon with Polar Express coefficients instead of Keller's quintic.
+
+  Args:
+    learning_rate: base learning rate η.
+    steps: iterations (the paper table has 8 rows; beyond, the last repeats).
+    variant: ``"paper"`` (safety 1.01) or ``"modded"`` (modded-nanogpt's 5-row
+      table, safety 1.02).
+    **muon_kwargs: any :func:`muon` argument.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  References:
+    Amsel et al., The Polar Express, arXiv 2505.16932,
+    https://github.com/NoahAmsel/PolarExpress; modded-nanogpt record 38.
+  """
+  check_choice("variant", variant, ("paper", "modded"))
+  coeffs = "polar_express" if variant == "paper" else "polar_express_modded"
+  return muon(learning_rate, method="newton_schulz", coeffs=coeffs, steps=steps, **muon_kwargs)
+
+
 def normuon(
     learning_rate: optax.ScalarOrSchedule = 0.02,
     *,
@@ -355,6 +383,7 @@ def adamw(
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "muon": muon,
+    "polar_muon": polar_muon,
     "normuon": normuon,
     "adamuon": adamuon,
     "adamw": adamw,
