@@ -27,6 +27,8 @@ from muonjax.transforms import (
     SecondMomentState,
     adamuon_normalize,
     cautious_weight_decay,
+    hypersphere,
+    sphere_axes,
     make_orthogonalizer,
     momentum,
     normuon_normalize,
