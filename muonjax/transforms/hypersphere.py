@@ -46,6 +46,10 @@ def sphere_axes(model_or_state: Any) -> Any:
       state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+# u is treated as parallel to w when its tangent part is this small relative to it.
+_PARALLEL_RTOL = 1e-5
+
+
 def _norm(x: jax.Array, axis: int) -> jax.Array:
   return jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
 
@@ -58,8 +62,11 @@ def _project_step(w, d, lr, axis, renormalize, eps):
 def _geodesic_step(w, d, lr, axis, theta_rule, eps):
   w_hat = w / (_norm(w, axis) + eps)
   g = -d
-  tangent = g - jnp.sum(g * w_hat, axis=axis, keepdims=True) * w_hat
+  tangent = g
+  for _ in range(2):  # a second Gram-Schmidt pass removes the fp32 radial residue
+    tangent = tangent - jnp.sum(tangent * w_hat, axis=axis, keepdims=True) * w_hat
   t_norm = _norm(tangent, axis)
+  parallel = t_norm <= _PARALLEL_RTOL * _norm(g, axis) + eps
   direction = tangent / jnp.maximum(t_norm, eps)
   if theta_rule == "lr":
     theta = lr * jnp.ones_like(t_norm)
@@ -68,13 +75,17 @@ def _geodesic_step(w, d, lr, axis, theta_rule, eps):
   else:
     theta = lr * t_norm
   moved = w_hat * jnp.cos(theta) + direction * jnp.sin(theta)
-  return jnp.where(t_norm < eps, w_hat, moved)
+  moved = moved / _norm(moved, axis)
+  return jnp.where(parallel, w_hat, moved)
 
 
 def _matrix_project_step(w, d, lr, eps):
-  radius = jnp.sqrt(jnp.sum(jnp.square(w)))
-  moved = w - lr * d * radius / (jnp.sqrt(jnp.sum(jnp.square(d))) + eps)
-  return moved * radius / (jnp.sqrt(jnp.sum(jnp.square(moved))) + eps)
+  """Levanter ``muonh``: one Frobenius sphere per matrix (last two axes)."""
+  axes = tuple(range(max(w.ndim - 2, 0), w.ndim))
+  fro = lambda x: jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
+  radius = fro(w)
+  moved = w - lr * d * radius / (fro(d) + eps)
+  return moved * radius / (fro(moved) + eps)
 
 
 def hypersphere(
@@ -99,9 +110,11 @@ def hypersphere(
     g_perp / ||g_perp||``, ``w' = w cos(theta) + u_hat sin(theta)``: an exact
     great-circle move by ``theta = eta`` (``theta="lr"``), ``eta ||u||``
     (``"norm"``) or ``eta ||u_perp||`` (``"tangent"``); ``w' = w`` when
-    ``||g_perp|| < eps``. ``w`` is normalized first, so ``<w, w'> = cos(theta)``.
+    ``||g_perp|| <= 1e-5 ||g|| + eps`` (u parallel to w). ``w`` is normalized
+    first, so ``<w, w'> = cos(theta)``.
   * ``granularity="matrix"`` (Levanter ``muonh``): one Frobenius sphere per
-    leaf, ``W_new = W - eta u ||W|| / ||u||`` rescaled back to ``||W||``.
+    matrix (the last two axes; leading axes are a stack), ``W_new = W - eta u
+    ||W|| / ||u||`` rescaled back to ``||W||``.
 
   Args:
     learning_rate: η (float or schedule of the step count).

@@ -14,6 +14,25 @@ DecayMode = Literal["decoupled", "cautious"]
 MODES = ("decoupled", "cautious")
 
 
+def _decayed_weights(rate: float, cautious: bool) -> optax.GradientTransformation:
+  if callable(rate):
+    raise ValueError("weight_decay must be a number (schedule the learning rate instead: "
+                     "the decay is multiplied by it)")
+  check_non_negative("weight_decay", rate)
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("weight decay needs params: call update(grads, state, params)")
+    def decay(d, w):
+      w = w.astype(d.dtype)
+      if cautious:
+        w = (d * w >= 0).astype(d.dtype) * w
+      return d + jnp.asarray(rate, d.dtype) * w
+    return jax.tree.map(decay, updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def cautious_weight_decay(rate: float) -> optax.GradientTransformation:
   r"""Decay only coordinates where the step already shrinks ``|W|``.
 
@@ -31,22 +50,12 @@ def cautious_weight_decay(rate: float) -> optax.GradientTransformation:
     Chen et al., Cautious Weight Decay, arXiv 2510.12402; microsoft/dion
     ``cautious_wd`` (https://github.com/microsoft/dion).
   """
-  check_non_negative("weight_decay", rate)
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("cautious weight decay needs params: call update(grads, state, params)")
-    def decay(d, w):
-      keep = (d * w >= 0).astype(d.dtype)
-      return d + jnp.asarray(rate, d.dtype) * keep * w.astype(d.dtype)
-    return jax.tree.map(decay, updates, params), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+  return _decayed_weights(rate, cautious=True)
 
 
 def weight_decay(rate: float, *, mode: DecayMode = "decoupled",
                  mask: Optional[Any] = None) -> optax.GradientTransformation:
-  """Decoupled (``D + λW``) or cautious decay; ``mask`` as in optax.
+  """Decoupled (``D + λW``, as ``optax.add_decayed_weights``) or cautious decay.
 
   Args:
     rate: decay coefficient λ; the following ``scale_by_learning_rate`` turns
@@ -55,11 +64,8 @@ def weight_decay(rate: float, *, mode: DecayMode = "decoupled",
     mask: optional tree or callable of booleans selecting decayed leaves.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformation`` that needs ``params``.
   """
   check_choice("weight_decay_mode", mode, MODES)
-  check_non_negative("weight_decay", rate)
-  if mode == "decoupled":
-    return optax.add_decayed_weights(rate, mask)
-  tx = cautious_weight_decay(rate)
+  tx = _decayed_weights(rate, cautious=mode == "cautious")
   return optax.masked(tx, mask) if mask is not None else tx
