@@ -6,9 +6,11 @@ The default rules (optimizers spec §12.2, Flax ``(in, out)`` layout):
   (``MuonDimensionNumbers`` → Muon with those axes; ``True`` → default axes;
   ``False`` or ``None`` → AdamW);
 * rank < 2 (biases, norm scales, scalars) → AdamW;
-* a path component naming an embedding or output head (``embed``,
-  ``embedding``, ``wte``, ``wpe``, ``lm_head``, ``head``, ``unembed``, …) or a
-  MoE ``router`` → AdamW: they are 2-D but not hidden linear maps;
+* a path component naming an embedding (``embed``, ``embedding``, ``wte``,
+  ``wpe``, … also inside ``token_embed``), an output head (exactly ``head``,
+  ``lm_head``, ``output_head``, ``unembed``) or a MoE ``router`` → AdamW: they
+  are 2-D but not hidden linear maps; so is a leaf named ``bias`` or ``scale``
+  (stacked norms and biases are ``(L, d)``);
 * rank 2 → Muon, ``reduction_axis=0, output_axis=1``;
 * rank ≥ 3 → Muon per matrix over the last two axes: stacked layers
   ``(L, in, out)``, experts ``(E, in, out)``, ``(L, E, in, out)``. (optax's
@@ -33,9 +35,31 @@ from muonjax.transforms.dimensions import default_dimension_numbers
 
 MUON, ADAM = "muon", "adam"
 
-ADAM_NAME_PATTERN = re.compile(
-    r"(^|_)(embed|embeds|embedding|embeddings|emb|wte|wpe|lm_head|head|unembed|"
-    r"unembedding|router)($|_)", re.IGNORECASE)
+EMBEDDING_PATTERN = re.compile(
+    r"(^|_)(embed|embeds|embedding|embeddings|emb|wte|wpe)($|_)", re.IGNORECASE)
+HEAD_NAMES = frozenset({"head", "lm_head", "output_head", "unembed", "unembedding"})
+ROUTER_PATTERN = re.compile(r"(^|_)router($|_)", re.IGNORECASE)
+# Last path component of stacked vectors (an nnx.vmap'ed bias or norm scale is (L, d)).
+VECTOR_NAMES = frozenset({"bias", "scale"})
+
+
+def leaf_role(path_names: list[str]) -> Optional[str]:
+  """``"embedding"``, ``"head"``, ``"router"``, ``"vector"`` or ``None`` (a hidden matrix).
+
+  Components are matched whole (``multi_head_attention`` is not a head);
+  ``vector`` is a leaf named ``bias`` or ``scale`` (stacked by ``nnx.vmap``).
+  """
+  if path_names and path_names[-1].lower() in VECTOR_NAMES:
+    return "vector"
+  for name in path_names:
+    if name.lower() in HEAD_NAMES:
+      return "head"
+    if EMBEDDING_PATTERN.search(name):
+      return "embedding"
+    if ROUTER_PATTERN.search(name):
+      return "router"
+  return None
+
 
 Override = Union[MuonDimensionNumbers, str, None]
 
@@ -89,10 +113,9 @@ def route_leaf(path_names: list[str], leaf, *, overrides: Mapping[str, Override]
     return _from_override(meta, ndim, path)
   if ndim < 2:
     return None
-  for name in path_names:
-    match = ADAM_NAME_PATTERN.search(name)
-    if match and not (router_to_muon and match.group(2).lower() == "router"):
-      return None
+  role = leaf_role(path_names)
+  if role is not None and not (router_to_muon and role == "router"):
+    return None
   return default_dimension_numbers(ndim)
 
 
@@ -152,3 +175,42 @@ def optax_dimension_numbers(params: Any) -> Any:
   return jax.tree.map(
       lambda x: MuonDimensionNumbers() if len(x.shape) == 2 else None, _as_tree(params),
       is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+class Router:
+  """The default routing of muonjax aliases: the rules above, metadata included.
+
+  ``nnx.Optimizer`` calls ``tx.init`` on the model's ``nnx.Variable``\\ s (their
+  metadata visible) but ``tx.update`` on plain arrays. A ``Router`` remembers
+  the metadata-driven decisions it makes at init, keyed by leaf path and shape,
+  and replays them at update, so ``mj.muon(...)`` honours ``muon=`` metadata
+  without a hand-written tree. Build one optimizer per model: initializing the
+  same optimizer on a model whose metadata routes a leaf of the same path and
+  shape differently raises ``ValueError``.
+
+  Args:
+    overrides: ``{regex: MuonDimensionNumbers | 'muon' | 'adam' | None}``.
+    router_to_muon: send MoE router matrices to Muon.
+  """
+
+  def __init__(self, *, overrides: Mapping[str, Override] = (), router_to_muon: bool = False):
+    self.overrides = dict(overrides)
+    self.router_to_muon = router_to_muon
+    self._from_metadata: dict[tuple, Optional[MuonDimensionNumbers]] = {}
+
+  def __call__(self, tree: Any) -> Any:
+    def one(path, leaf):
+      names = _path_names(path)
+      key = (tuple(names), tuple(leaf.shape))
+      dn = route_leaf(names, leaf, overrides=self.overrides,
+                      router_to_muon=self.router_to_muon)
+      if _metadata_route(leaf) is not _NO_METADATA:
+        if key in self._from_metadata and self._from_metadata[key] != dn:
+          raise ValueError(
+              f"leaf {'/'.join(names)} was routed by another model's metadata to "
+              f"{self._from_metadata[key]}; build one optimizer per model")
+        self._from_metadata[key] = dn
+        return dn
+      return self._from_metadata.get(key, dn)
+    return jax.tree_util.tree_map_with_path(
+        one, _as_tree(tree), is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -219,9 +219,6 @@ def test_default_weight_decays():
     np.testing.assert_allclose(updates["w"], -0.02 * wd * params["w"], rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "adamuon(form='megatron') replaces weight_decay == 0.01 by 0.1 (it tests the value, "
-    "not whether it was given), so an explicit weight_decay=0.01 is silently ignored"))
 def test_megatron_explicit_weight_decay_is_kept():
   params = {"w": jnp.ones((4, 6))}
   tx = mj.adamuon(form="megatron", weight_decay=0.01)
@@ -240,9 +237,6 @@ def test_trains_mlp_at_default_lr(form):
   assert losses[-10:].mean() < 0.8 * losses[0]
 
 
-INJECT_BUG = ("optax.inject_hyperparams binds the alias signature and passes the VAR_KEYWORD "
-              "**muon_kwargs on as a keyword named 'muon_kwargs' (TypeError: muon() got an "
-              "unexpected keyword argument 'muon_kwargs')")
 
 
 def _check_injected_lr(factory):
@@ -263,7 +257,6 @@ def _check_injected_lr(factory):
   chex.assert_trees_all_close(u2["b"], u1["b"], rtol=1e-6)  # AdamW keeps its 3e-4
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=INJECT_BUG)
 def test_inject_hyperparams():
   _check_injected_lr(lambda lr: optax.inject_hyperparams(mj.adamuon)(learning_rate=lr))
 

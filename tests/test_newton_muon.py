@@ -442,9 +442,6 @@ def test_inject_hyperparams():
   chex.assert_trees_all_close(u2["b"], u1["b"], rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="optax.inject_hyperparams passes the alias's **muon_kwargs on as a "
-                          "keyword named 'muon_kwargs' (TypeError in muon())")
 def test_inject_hyperparams_on_the_alias():
   optax.inject_hyperparams(mj.newton_muon)(learning_rate=0.05).init({"w": jnp.zeros((4, 6))})
 

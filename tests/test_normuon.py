@@ -220,9 +220,6 @@ def test_trains_mlp_at_default_lr(form):
   assert losses[-10:].mean() < 0.8 * losses[0]
 
 
-INJECT_BUG = ("optax.inject_hyperparams binds the alias signature and passes the VAR_KEYWORD "
-              "**muon_kwargs on as a keyword named 'muon_kwargs' (TypeError: muon() got an "
-              "unexpected keyword argument 'muon_kwargs')")
 
 
 def _check_injected_lr(factory):
@@ -244,7 +241,6 @@ def _check_injected_lr(factory):
   chex.assert_trees_all_close(u2["b"], u1["b"], rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=INJECT_BUG)
 def test_inject_hyperparams():
   _check_injected_lr(lambda lr: optax.inject_hyperparams(mj.normuon)(learning_rate=lr))
 

@@ -99,7 +99,7 @@ def deflate(table: np.ndarray, safety: float, *, last: bool = False) -> np.ndarr
   Args:
     table: ``(rows, 3)`` coefficients.
     safety: the divisor ``s``.
-    last: also deflate the last row (GPT-opt does; the paper does not).
+    last: also deflate the last row (the paper leaves the limit polynomial).
 
   Returns:
     The deflated table (float64).
@@ -117,7 +117,7 @@ PRESETS: dict[str, CoefficientSet] = {
         CoefficientSet("keller", _KELLER, 5, 1.0, 1e-7, "KellerJordan/Muon"),
         CoefficientSet("dion", _DION, 5, 1.0, 1e-7, "microsoft/dion, EO 'quintic'"),
         CoefficientSet(
-            "polar_express", deflate(POLAR_EXPRESS_RAW, 1.01), 8, 1.01, 1e-7,
+            "polar_express", deflate(POLAR_EXPRESS_RAW, 1.01), 5, 1.01, 1e-7,
             "NoahAmsel/PolarExpress (arXiv 2505.16932), 8 rows, safety 1.01"),
         CoefficientSet(
             "polar_express_modded", _POLAR_EXPRESS_MODDED, 5, 1.02, 1e-6,
@@ -126,8 +126,8 @@ PRESETS: dict[str, CoefficientSet] = {
             "exact_cubic", np.array([[2.0, -1.5, 0.5]]), 12, 1.0, 1e-7,
             "modded-nanogpt track 3 reference; converges to U V^T"),
         CoefficientSet(
-            "polar_express_gptopt", deflate(POLAR_EXPRESS_RAW, 1.01, last=True), 5,
-            1.01, 0.0, "modichirag/GPT-opt polar.py (parity only)"),
+            "polar_express_gptopt", POLAR_EXPRESS_RAW / 1.01, 5, 1.01, 0.0,
+            "modichirag/GPT-opt polar.py: every coefficient / 1.01 (parity only)"),
     ]
 }
 

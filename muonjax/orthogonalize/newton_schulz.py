@@ -52,16 +52,21 @@ def _scaled_by_max(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return x / amax, amax
 
 
+def _divide_by_norm(x, norm, safety, eps, amax):
+  den = norm * safety + eps / amax
+  return x / jnp.where(den > 0, den, jnp.ones_like(den))  # 0/0 only for x = 0 with eps = 0
+
+
 def _frobenius_normalize(x, safety, eps):
   x, amax = _scaled_by_max(x)
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
-  return x / (norm * safety + eps / amax)
+  return _divide_by_norm(x, norm, safety, eps, amax)
 
 
 def _spectral_normalize(x, safety, eps):
   x, amax = _scaled_by_max(x)
   norm = jnp.linalg.norm(x, ord=2, axis=(-2, -1), keepdims=True)
-  return x / (norm * safety + eps / amax)
+  return _divide_by_norm(x, norm, safety, eps, amax)
 
 
 def _aol_first_step(x, abc, eps):

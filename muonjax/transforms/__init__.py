@@ -15,12 +15,44 @@ from muonjax.transforms.normalize import (
     scale_to_rms,
     sign,
 )
+from muonjax.transforms.precondition import (
+    PreconditionInputState,
+    input_second_moment,
+    precondition_input,
+    refresh_due,
+)
 from muonjax.transforms.scale import scale_by_shape, shape_factor
 from muonjax.transforms.weight_decay import cautious_weight_decay, weight_decay
+from muonjax.transforms.lmo import (
+    LMO,
+    constrained_decay,
+    scale_by_lmo,
+    scion_default_lmos,
+    scion_init,
+    scion_momentum,
+)
+from muonjax.transforms.manifold import ManoState, mano_normalize
+from muonjax.transforms.gower import (
+    GlobalNuclearNormState,
+    GowerState,
+    MomoInputs,
+    MomoState,
+    gower_optimizer,
+    gptopt_orthogonalizer,
+    momo_step_size,
+    scale_by_global_nuclear_norm,
+)
+
 
 __all__ = [
     "MuonDimensionNumbers", "MomentumState", "momentum", "make_orthogonalizer",
     "orthogonalize", "orthogonalize_tree", "scale_by_shape", "shape_factor",
     "SecondMomentState", "adamuon_normalize", "normuon_normalize", "scale_to_rms", "sign",
     "cautious_weight_decay", "weight_decay", "HypersphereState", "hypersphere", "sphere_axes",
+    "PreconditionInputState", "input_second_moment", "precondition_input", "refresh_due",
+    "LMO", "constrained_decay", "scale_by_lmo", "scion_default_lmos", "scion_init",
+    "scion_momentum",
+    "ManoState", "mano_normalize",
+    "GlobalNuclearNormState", "GowerState", "MomoInputs", "MomoState", "gower_optimizer",
+    "gptopt_orthogonalizer", "momo_step_size", "scale_by_global_nuclear_norm",
 ]

@@ -49,9 +49,7 @@ MATRIX_KINDS = ("spectral", "sign", "colnorm", "rownorm")
 _NORMALIZED_DEFAULT = {"spectral": True, "sign": True, "colnorm": False, "rownorm": True}
 EPS = 1e-8
 
-# Names in ``routing.ADAM_NAME_PATTERN`` that denote an output head.
-_HEAD_NAMES = ("lm_head", "head", "unembed", "unembedding")
-_EMBED_NAMES = ("embed", "embeds", "embedding", "embeddings", "emb", "wte", "wpe")
+
 
 
 # ---------------------------------------------------------------------------
@@ -388,16 +386,13 @@ def _default_lmo(path_names: list[str], leaf, *, overrides, hidden, head, embedd
   for pattern, value in overrides.items():
     if re.search(pattern, path):
       return _as_lmo(value, path)
-  if len(leaf.shape) < 2:
+  role = routing.leaf_role(path_names)
+  if len(leaf.shape) < 2 or role == "vector":
     return vector
-  for name in path_names:
-    match = routing.ADAM_NAME_PATTERN.search(name)
-    if match:
-      word = match.group(2).lower()
-      if word in _HEAD_NAMES:
-        return head
-      if word in _EMBED_NAMES:
-        return embedding
+  if role == "head":
+    return head
+  if role == "embedding":
+    return embedding
   return hidden
 
 
