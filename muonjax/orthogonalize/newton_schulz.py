@@ -36,8 +36,10 @@ def _gram(x: jax.Array) -> jax.Array:
 
 
 def _quintic_step(x: jax.Array, gram: jax.Array, abc: jax.Array) -> jax.Array:
-  b_mat = abc[1] * gram + abc[2] * (gram @ gram)
-  return abc[0] * x + b_mat @ x
+  # Coefficients stay in (at least) float32: the scalar products are formed in
+  # that precision and rounded once to the iteration dtype, as PyTorch does.
+  b_mat = (abc[1] * gram + abc[2] * (gram @ gram)).astype(x.dtype)
+  return (abc[0] * x + b_mat @ x).astype(x.dtype)
 
 
 def _scaled_by_max(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -149,7 +151,7 @@ def newton_schulz(
   elif normalization in ("aol", "schatten"):
     x, _ = _scaled_by_max(x)
   x = x.astype(compute_dtype)
-  table = jnp.asarray(rows, dtype=compute_dtype)
+  table = jnp.asarray(rows, dtype=jnp.promote_types(compute_dtype, jnp.float32))
 
   if normalization == "aol":
     x = _aol_first_step(x, table[0], first_eps)
