@@ -15,11 +15,12 @@ from muonjax.optimizers import (
     register_optimizer,
     scion,
 )
-from muonjax.orthogonalize import (
+from muonjax.orthogonalization import (
     PRESETS as COEFFICIENT_PRESETS,
     composed_polynomial,
     get_coefficients,
     newton_schulz,
+    optimal_composition as polar_express_coefficients,
     polar_express,
     polar_factor,
 )

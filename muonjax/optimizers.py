@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 
 from muonjax import routing
-from muonjax.orthogonalize.coefficients import CoeffsLike
+from muonjax.orthogonalization.coefficients import CoeffsLike
 from muonjax.transforms.momentum import MomentumForm, momentum
 from muonjax.transforms.normalize import (
     adamuon_normalize,

@@ -22,7 +22,7 @@ from flax import nnx
 
 import muonjax as mj
 from muonjax import demo
-from muonjax.orthogonalize import composed_polynomial
+from muonjax.orthogonalization import composed_polynomial
 from muonjax.transforms.gower import (
     GlobalNuclearNormState,
     GowerState,

@@ -23,7 +23,7 @@ import pytest
 from absl.testing import parameterized
 from optax.contrib import _muon as optax_muon
 
-from muonjax.orthogonalize import (
+from muonjax.orthogonalization import (
     PRESETS,
     composed_polynomial,
     expand_table,

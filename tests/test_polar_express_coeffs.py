@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from muonjax.orthogonalize import polar_express_coeffs as pec
+from muonjax.orthogonalization import polar_express_coeffs as pec
 
 SAFETY = 1.01
 LIMIT = np.array([15 / 8, -10 / 8, 3 / 8])
@@ -251,7 +251,7 @@ def test_bad_interval(l, u):
 
 def test_generator_reproduces_shipped_presets():
   """The tables muonjax ships are the generator's output (issue: to 1e-6)."""
-  from muonjax.orthogonalize.coefficients import PRESETS
+  from muonjax.orthogonalization.coefficients import PRESETS
 
   paper = pec.optimal_composition(1e-3, 8)
   np.testing.assert_allclose(paper, PRESETS["polar_express"].table, rtol=0, atol=1e-6)

@@ -36,7 +36,7 @@ import optax
 from flax import nnx
 
 from muonjax import routing
-from muonjax.orthogonalize.newton_schulz import newton_schulz
+from muonjax.orthogonalization.newton_schulz import newton_schulz
 from muonjax.transforms import dimensions
 from muonjax.transforms.momentum import momentum
 from muonjax.transforms.scale import shape_factor

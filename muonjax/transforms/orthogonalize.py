@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from muonjax.orthogonalize.coefficients import CoeffsLike, get_coefficients
-from muonjax.orthogonalize.newton_schulz import (
+from muonjax.orthogonalization.coefficients import CoeffsLike, get_coefficients
+from muonjax.orthogonalization.newton_schulz import (
     NORMALIZATIONS,
     Normalization,
     newton_schulz,

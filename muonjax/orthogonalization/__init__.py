@@ -1,13 +1,14 @@
 """Orthogonalization math on arrays of shape ``(..., m, n)``."""
 
-from muonjax.orthogonalize.coefficients import (
+from muonjax.orthogonalization.coefficients import (
     PRESETS,
     CoefficientSet,
     deflate,
     expand_table,
     get_coefficients,
 )
-from muonjax.orthogonalize.newton_schulz import (
+from muonjax.orthogonalization.polar_express_coeffs import optimal_composition
+from muonjax.orthogonalization.newton_schulz import (
     NORMALIZATIONS,
     composed_polynomial,
     newton_schulz,
@@ -18,5 +19,5 @@ from muonjax.orthogonalize.newton_schulz import (
 __all__ = [
     "PRESETS", "CoefficientSet", "deflate", "expand_table", "get_coefficients",
     "NORMALIZATIONS", "composed_polynomial", "newton_schulz", "polar_express",
-    "polar_factor",
+    "polar_factor", "optimal_composition",
 ]

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from muonjax.orthogonalize.coefficients import CoeffsLike, get_coefficients
+from muonjax.orthogonalization.coefficients import CoeffsLike, get_coefficients
 
 Normalization = Literal["frobenius", "spectral", "aol", "schatten", "none"]
 NORMALIZATIONS = ("frobenius", "spectral", "aol", "schatten", "none")
