@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import numbers
 from typing import Any, Callable, Optional, Sequence, Union
 
 import jax.numpy as jnp
@@ -34,7 +33,7 @@ from muonjax.transforms.lmo import (
     scion_default_lmos,
     scion_momentum,
 )
-from muonjax.transforms.manifold import mano_normalize, static_version
+from muonjax.transforms.manifold import VERSIONS, mano_normalize
 from muonjax.transforms.precondition import RefreshRule, precondition_input
 from muonjax.transforms.scale import ShapeRule, scale_by_shape
 from muonjax.transforms.weight_decay import DecayMode
@@ -44,6 +43,7 @@ from muonjax.transforms.validation import (
     check_non_negative,
     check_positive,
     check_unit_interval,
+    static_int,
 )
 
 
@@ -105,18 +105,6 @@ Stage = Union[optax.GradientTransformation, Callable[[Any], optax.GradientTransf
 def build_stages(stages: Sequence[Stage], dims) -> list[optax.GradientTransformation]:
   """Instantiate stage factories with the dimension-numbers spec ``dims``."""
   return [s if isinstance(s, optax.GradientTransformation) else s(dims) for s in stages]
-
-
-def check_steps(steps) -> None:
-  """``steps`` is ``None`` or a Python int >= 1 (it sets the loop length)."""
-  if steps is None:
-    return
-  if not isinstance(steps, numbers.Integral) or isinstance(steps, bool):
-    raise ValueError(
-        f"steps must be a Python int (under optax.inject_hyperparams pass "
-        f"static_args=('steps',)); got {steps!r}")
-  if steps < 1:
-    raise ValueError(f"steps must be >= 1; got {steps}")
 
 
 def check_learning_rate(name: str, value) -> None:
@@ -266,7 +254,8 @@ def muon(
   for name, value in [("weight_decay", weight_decay), ("adam_weight_decay", adam_weight_decay),
                       ("adam_eps", knobs["adam_eps"])]:
     check_non_negative(name, value)
-  check_steps(steps)
+  if steps is not None:
+    static_int("steps", steps, minimum=1)
 
   def matrix_chain(dims):
     return optax.chain(
@@ -608,7 +597,7 @@ def mano(
     arXiv 2601.23000,
     https://github.com/xie-lab-ml/Mano-Restriking-Manifold-Optimization-for-LLM-Training.
   """
-  version = static_version(version)
+  version = static_int("version", version, allowed=VERSIONS)
   check_positive("eps", eps)
   muon_kwargs.setdefault("nesterov", version == 2)
   muon_kwargs.setdefault("momentum_form", "sgd")

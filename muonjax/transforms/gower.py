@@ -48,12 +48,10 @@ References:
 
 from __future__ import annotations
 
-import operator
 from typing import Any, Literal, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from optax._src import numerics
 
@@ -71,6 +69,7 @@ from muonjax.transforms.validation import (
     check_non_negative,
     check_positive,
     check_unit_interval,
+    static_int,
 )
 
 Variant = Literal["muon_adam", "muon_max"]
@@ -88,29 +87,6 @@ def _tree_vdot(a: Any, b: Any) -> jax.Array:
   """``sum_l <a_l, b_l>`` over all array leaves, in float32."""
   terms = jax.tree.leaves(jax.tree.map(_f32_vdot, a, b))
   return sum(terms, jnp.zeros([], jnp.float32))
-
-
-def static_steps(steps: Any) -> int:
-  """``steps`` as a Python int >= 1 (a concrete scalar array is accepted).
-
-  Raises:
-    ValueError: not an integer >= 1, or a traced value (what
-      ``optax.inject_hyperparams`` passes under ``jit`` unless
-      ``static_args=("steps",)``).
-  """
-  if isinstance(steps, (bool, np.bool_)):
-    raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
-  try:
-    steps = int(steps) if isinstance(steps, (jax.Array, np.ndarray)) else operator.index(steps)
-  except jax.errors.ConcretizationTypeError:
-    raise ValueError(
-        "steps must be a static Python int, not a traced value; with "
-        "optax.inject_hyperparams pass static_args=('steps',)") from None
-  except TypeError:
-    raise ValueError(f"steps must be an integer >= 1; got {steps!r}") from None
-  if steps < 1:
-    raise ValueError(f"steps must be >= 1; got {steps}")
-  return steps
 
 
 def gptopt_orthogonalizer(
@@ -139,7 +115,7 @@ def gptopt_orthogonalizer(
   check_choice("polar_method", polar_method, POLAR_METHODS)
   if polar_method == "svd":
     return make_orthogonalizer("svd")
-  steps = static_steps(steps)
+  steps = static_int("steps", steps, minimum=1)
   dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
   if polar_method == "keller":
     return make_orthogonalizer("newton_schulz", coeffs="keller", steps=steps,

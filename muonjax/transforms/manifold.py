@@ -10,7 +10,6 @@ first of these.
 
 from __future__ import annotations
 
-import operator
 from typing import NamedTuple, Sequence
 
 import jax
@@ -20,7 +19,11 @@ import optax
 from optax._src import numerics
 
 from muonjax.transforms import dimensions
-from muonjax.transforms.validation import check_choice, check_non_negative, check_positive
+from muonjax.transforms.validation import (
+    check_non_negative,
+    check_positive,
+    static_int,
+)
 
 VERSIONS = (1, 2)
 EVEN_AXIS = -1  # t even: one slice per input feature (rows), norms over the output axis
@@ -31,29 +34,6 @@ class ManoState(NamedTuple):
   """State of :func:`mano_normalize`."""
 
   count: jax.Array  # int32 scalar t: updates so far; the slice axis is t mod 2.
-
-
-def static_version(version) -> int:
-  """``version`` as a Python int in ``(1, 2)``; a clear ``ValueError`` otherwise.
-
-  A concrete scalar array (what ``optax.inject_hyperparams`` stores) is
-  accepted; a traced one is not, because the version changes the computation.
-  """
-  if isinstance(version, (bool, np.bool_)):
-    raise ValueError(f"version must be one of {VERSIONS}; got {version!r}")
-  try:
-    if isinstance(version, (jax.Array, np.ndarray)):
-      version = int(version)
-    else:
-      version = operator.index(version)
-  except jax.errors.ConcretizationTypeError:
-    raise ValueError(
-        "version must be a static Python int (1 or 2), not a traced value; with "
-        "optax.inject_hyperparams pass static_args=('version',)") from None
-  except TypeError:
-    raise ValueError(f"version must be one of {VERSIONS}; got {version!r}") from None
-  check_choice("version", version, VERSIONS)
-  return version
 
 
 def _norm(x: jax.Array, axis: int) -> jax.Array:
@@ -130,7 +110,7 @@ def mano_normalize(
     arXiv 2601.23000,
     https://github.com/xie-lab-ml/Mano-Restriking-Manifold-Optimization-for-LLM-Training.
   """
-  version = static_version(version)
+  version = static_int("version", version, allowed=VERSIONS)
   check_positive("eps", eps)
   check_non_negative("scale", scale)
   if not isinstance(both_axes, (bool, np.bool_)):
