@@ -79,14 +79,28 @@ def get_preset(name: str) -> ComparePreset:
 
 def train_config(preset: ComparePreset, optimizer: str, seed: int, *,
                  log_path: Optional[str] = None):
-  """The :class:`muonjax.train.TrainConfig` of one run of the comparison."""
+  """The :class:`muonjax.train.TrainConfig` of one run of the comparison.
+
+  ``preset.optimizers[optimizer]`` holds ``learning_rate`` and the optimizer's
+  hyperparameters. Two keys are not hyperparameters, so one table can hold
+  several settings of one optimizer or model:
+
+  * ``"optimizer"``: the registry name (default: the entry's own name), e.g.
+    ``{"muon (NS only)": {"optimizer": "muon", "momentum": 0.0, ...}}``;
+  * ``"model_fields"``: model fields replacing the preset's for this entry,
+    e.g. ``{"attention": "mhla"}``.
+  """
   from muonjax.train import TrainConfig
 
   hparams = dict(preset.optimizers[optimizer])
+  if "learning_rate" not in hparams:
+    raise ValueError(f"compare entry {optimizer!r} needs a learning_rate")
   learning_rate = hparams.pop("learning_rate")
+  name = hparams.pop("optimizer", optimizer)
+  fields = dict(preset.model_fields, **hparams.pop("model_fields", {}))
   return TrainConfig(
-      model=preset.model, model_fields=dict(preset.model_fields),
-      optimizer=optimizer, optimizer_hparams=hparams, learning_rate=learning_rate,
+      model=preset.model, model_fields=fields,
+      optimizer=name, optimizer_hparams=hparams, learning_rate=learning_rate,
       schedule=preset.schedule, warmup_steps=preset.warmup_steps, steps=preset.steps,
       batch_size=preset.batch_size, seq_len=preset.seq_len, eval_every=preset.eval_every,
       eval_batches=preset.eval_batches, seed=seed, data=preset.data, log_path=log_path,
@@ -95,6 +109,16 @@ def train_config(preset: ComparePreset, optimizer: str, seed: int, *,
 
 def _history_pairs(result: Mapping[str, Any]) -> list[list[float]]:
   return [[h["step"], h["eval_loss"]] for h in result["eval_history"]]
+
+
+def summary(result: Mapping[str, Any]) -> dict:
+  """What the report keeps of one :func:`muonjax.train.train` result (or diverged run)."""
+  if result.get("diverged"):
+    return dict(final_val_loss=None, final_val_accuracy=None, time_per_step=None,
+                eval_history=[], diverged=True)
+  return dict(final_val_loss=result["final_val_loss"],
+              final_val_accuracy=result.get("final_val_accuracy"),
+              time_per_step=result["time_per_step"], eval_history=_history_pairs(result))
 
 
 def run_comparison(preset: ComparePreset, out_dir: str, *,
@@ -112,7 +136,7 @@ def run_comparison(preset: ComparePreset, out_dir: str, *,
     The dict written to ``results.json``.
   """
   from muonjax import data
-  from muonjax.train import train
+  from muonjax.train import NonFiniteLossError, train
 
   if preset.baseline not in preset.optimizers:
     raise ValueError(f"baseline {preset.baseline!r} is not one of the optimizers "
@@ -129,18 +153,29 @@ def run_comparison(preset: ComparePreset, out_dir: str, *,
   for (name, seed), config in configs.items():
     config = dataclasses.replace(config, log_path=os.path.join(out_dir, f"{name}-seed{seed}.jsonl"))
     callback = on_run(name, seed) if on_run else None
-    result = train(config, on_step=callback, corpus=corpus)
+    try:
+      result = train(config, on_step=callback, corpus=corpus)
+    except NonFiniteLossError as e:  # a finding (too high a learning rate), not a crash
+      result = dict(diverged=True, error=str(e), step=e.step, final_val_loss=None,
+                    final_val_accuracy=None, time_per_step=None, eval_history=[],
+                    config=config.to_dict())
     runs[name].append(result)
-  summaries = {name: [dict(final_val_loss=r["final_val_loss"], time_per_step=r["time_per_step"],
-                           eval_history=_history_pairs(r)) for r in results]
-               for name, results in runs.items()}
+  summaries = {name: [summary(r) for r in results] for name, results in runs.items()}
   rows = report.comparison_rows(summaries, baseline=preset.baseline)
   table = report.markdown_table(rows, baseline=preset.baseline)
-  first = next(iter(runs.values()))[0]
+  first = next((r for results in runs.values() for r in results if not r.get("diverged")),
+               None)
+  if first is None:
+    raise ValueError(f"every run of the comparison in {out_dir} diverged")
+  machine, versions = first["machine"], first["versions"]
+  tokens = preset.steps * preset.batch_size * preset.seq_len
   header = (f"model {preset.model} ({first['n_params']:,} params), {preset.steps} steps × "
-            f"{preset.batch_size}×{preset.seq_len} tokens, seeds {list(preset.seeds)}, "
+            f"{preset.batch_size}×{preset.seq_len} tokens = {tokens:,} tokens, "
+            f"seeds {list(preset.seeds)}, "
             f"data {first['data'].get('kind')} (sha256 {str(first['data'].get('sha256'))[:12]}), "
-            f"{first['machine'].get('platform', '')}, jax {first['versions'].get('jax')}")
+            f"{machine.get('device_kind', '')} × {machine.get('device_count', 1)} "
+            f"({machine.get('cpu_count')} CPUs, {machine.get('platform', '')}), "
+            f"jax {versions.get('jax')}, flax {versions.get('flax')}, optax {versions.get('optax')}")
   report.plot_curves(summaries, os.path.join(out_dir, "curves.png"), title=f"{preset.model}")
   with open(os.path.join(out_dir, "table.md"), "w") as f:
     f.write(header + "\n\n" + table + "\n")

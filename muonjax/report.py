@@ -35,35 +35,57 @@ def comparison_rows(runs: Mapping[str, Sequence[Mapping]], baseline: str = "adam
   Args:
     runs: optimizer name → the results of its runs (one per seed), each a
       mapping with ``final_val_loss``, ``time_per_step`` (seconds) and
-      ``eval_history`` (a list of ``[step, val_loss]``).
+      ``eval_history`` (a list of ``[step, val_loss]``), or ``diverged: True``.
     baseline: the name the Δ, ratio and steps-to-target columns refer to; when
       absent those columns are ``None``.
 
   Returns:
-    Rows with ``optimizer``, ``seeds``, ``val_loss`` (mean), ``val_loss_std``,
+    Rows with ``optimizer``, ``seeds`` (finished runs), ``diverged`` (runs
+    stopped by a non-finite loss, left out of every mean; an optimizer whose
+    runs all diverged has ``None`` numbers), ``val_loss`` (mean), ``val_loss_std``,
+    ``val_accuracy`` and ``val_accuracy_std`` (when the results have
+    ``final_val_accuracy``), ``perplexity`` (exp of the mean loss),
     ``delta`` (vs the baseline's mean), ``time_per_step_ms``, ``time_ratio``,
     and ``steps_to_baseline`` (lower median over seeds of the first step reaching the
     baseline's mean final loss; ``None`` when fewer than half of the seeds reach
     it).
   """
-  base = runs.get(baseline)
+  def finished(results):
+    return [r for r in results if not r.get("diverged")]
+
+  base = finished(runs.get(baseline, []))
   base_loss = _mean_std([r["final_val_loss"] for r in base])[0] if base else None
   base_time = _mean_std([r["time_per_step"] for r in base])[0] if base else None
   rows = []
-  for name, results in runs.items():
+  for name, all_results in runs.items():
+    results = finished(all_results)
+    diverged = len(all_results) - len(results)
+    if not results:
+      rows.append({"optimizer": name, "seeds": len(all_results), "diverged": diverged,
+                   "val_loss": None, "val_loss_std": None, "val_accuracy": None,
+                   "val_accuracy_std": None, "perplexity": None, "delta": None,
+                   "time_per_step_ms": None, "time_ratio": None, "steps_to_baseline": None})
+      continue
     loss, loss_std = _mean_std([r["final_val_loss"] for r in results])
     time_per_step = _mean_std([r["time_per_step"] for r in results])[0]
     reach = None
     if base_loss is not None:
-      steps = [steps_to_reach(r["eval_history"], base_loss) for r in results]
+      steps = [steps_to_reach(r["eval_history"], base_loss) for r in all_results]
       reached = sorted(s for s in steps if s is not None)
       if 2 * len(reached) >= len(steps) and reached:
         reach = reached[(len(reached) - 1) // 2]
+    accuracies = [r["final_val_accuracy"] for r in results
+                  if r.get("final_val_accuracy") is not None]
+    accuracy, accuracy_std = _mean_std(accuracies) if accuracies else (None, None)
     rows.append({
         "optimizer": name,
         "seeds": len(results),
+        "diverged": diverged,
         "val_loss": loss,
         "val_loss_std": loss_std,
+        "val_accuracy": accuracy,
+        "val_accuracy_std": accuracy_std,
+        "perplexity": math.exp(loss),
         "delta": None if base_loss is None else loss - base_loss,
         "time_per_step_ms": 1e3 * time_per_step,
         "time_ratio": None if base_time is None else time_per_step / base_time,
@@ -76,20 +98,42 @@ def _fmt(value, spec: str, none: str = "—") -> str:
   return none if value is None else format(value, spec)
 
 
-def markdown_table(rows: Sequence[Mapping], baseline: str = "adamw") -> str:
-  """The rows of :func:`comparison_rows` as a Markdown table."""
+def _diverged_note(row: Mapping) -> str:
+  return f" ({row['diverged']} diverged)" if row.get("diverged") else ""
+
+
+def _pm(mean, std, seeds: int, spec: str) -> str:
+  if mean is None:
+    return "—"
+  return format(mean, spec) + (f" ± {format(std, spec)}" if seeds > 1 else "")
+
+
+def markdown_table(rows: Sequence[Mapping], baseline: str = "adamw", *,
+                   accuracy: bool = False) -> str:
+  """The rows of :func:`comparison_rows` as a Markdown table.
+
+  ``accuracy=True`` adds the validation accuracy and perplexity columns.
+  """
+  extra = " val accuracy | perplexity |" if accuracy else ""
   lines = [
-      f"| optimizer | final val loss | Δ vs {baseline} | time/step (ms) | ratio vs {baseline} "
-      f"| steps to {baseline}'s final loss |",
-      "|---|---|---|---|---|---|",
+      f"| optimizer | final val loss | Δ vs {baseline} |{extra} time/step (ms) "
+      f"| ratio vs {baseline} | steps to {baseline}'s final loss |",
+      "|---|---|---|" + ("---|---|" if accuracy else "") + "---|---|---|",
   ]
   for r in rows:
-    loss = f"{r['val_loss']:.4f}"
-    if r["seeds"] > 1:
-      loss += f" ± {r['val_loss_std']:.4f}"
+    if r["val_loss"] is None:
+      lines.append(f"| {r['optimizer']} | diverged ({r['diverged']} of {r['seeds']} runs) |"
+                   + " — |" * (6 if accuracy else 4))
+      continue
+    cells = ""
+    if accuracy:
+      cells = (f" {_pm(r.get('val_accuracy'), r.get('val_accuracy_std'), r['seeds'], '.4f')} "
+               f"| {r['perplexity']:.2f} |")
     lines.append(
-        f"| {r['optimizer']} | {loss} | {_fmt(r['delta'], '+.4f')} "
-        f"| {r['time_per_step_ms']:.1f} | {_fmt(r['time_ratio'], '.2f')}× "
+        f"| {r['optimizer']} | {_pm(r['val_loss'], r['val_loss_std'], r['seeds'], '.4f')}"
+        f"{_diverged_note(r)} "
+        f"| {_fmt(r['delta'], '+.4f')} |{cells} {r['time_per_step_ms']:.1f} "
+        f"| {_fmt(r['time_ratio'], '.2f')}× "
         f"| {_fmt(r['steps_to_baseline'], 'd', 'not reached')} |")
   return "\n".join(lines)
 
@@ -105,6 +149,9 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping]], path: str, *, title: str 
 
   fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
   for name, results in runs.items():
+    results = [r for r in results if not r.get("diverged") and r["eval_history"]]
+    if not results:
+      continue
     steps = [s for s, _ in results[0]["eval_history"]]
     curves = [[loss for _, loss in r["eval_history"]] for r in results]
     n = min(len(c) for c in curves)

@@ -132,7 +132,7 @@ def _one_update(config: TrainConfig, inputs, targets, **step_kwargs):
   before = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
   graphdef, state = nnx.split((model, optimizer))
   fn = jax.jit(build_train_step(
-      graphdef, labels=param_labels(model, config.optimizer), schedule=schedule_for(config),
+      graphdef, labels=param_labels(model, config.optimizer),
       grad_accum=config.grad_accum, seed=config.seed, pass_value=True, **step_kwargs))
   shape = (config.grad_accum, config.batch_size, config.seq_len)
   state, out = fn(state, inputs.reshape(shape), targets.reshape(shape), jnp.int32(1))

@@ -43,5 +43,5 @@ from muonjax.models.registry import (
     make_config,
     param_count,
 )
-from muonjax.models.losses import cross_entropy, eval_loss, loss_and_metrics
+from muonjax.models.losses import cross_entropy, eval_loss, eval_metrics, loss_and_metrics
 from muonjax.models.stats import Dense, InputProbe, value_grad_and_stats

@@ -43,3 +43,14 @@ def loss_and_metrics(model: nnx.Module, inputs: jax.Array, targets: jax.Array, *
 def eval_loss(model: nnx.Module, inputs: jax.Array, targets: jax.Array) -> jax.Array:
   """Cross-entropy of the deterministic forward ``model(inputs)`` (no dropout, no noise)."""
   return cross_entropy(model(inputs), targets)
+
+
+def eval_metrics(model: nnx.Module, inputs: jax.Array,
+                 targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(cross-entropy, next-token accuracy)`` of the deterministic forward ``model(inputs)``.
+
+  Accuracy is the fraction of positions whose arg-max logit is the target.
+  """
+  logits = model(inputs)
+  accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32))
+  return cross_entropy(logits, targets), accuracy

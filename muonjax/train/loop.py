@@ -34,7 +34,7 @@ from flax import nnx
 
 import muonjax as mj
 from muonjax import models
-from muonjax.models import eval_loss, loss_and_metrics
+from muonjax.models import eval_metrics, loss_and_metrics
 from muonjax.train import metrics as metrics_lib
 from muonjax.train.checkpoint import Checkpointer
 from muonjax.train.config import TrainConfig, first_mismatch
@@ -56,7 +56,8 @@ EXTRA_ARGS_FNS: dict[str, ExtraArgsFn] = {}
 
 StepCallback = Callable[[int, dict], None]
 
-_RESERVED = frozenset(metrics_lib.STEP_KEYS) | {metrics_lib.EVAL_KEY, "error"}
+_RESERVED = frozenset(metrics_lib.STEP_KEYS) | {metrics_lib.EVAL_KEY,
+                                                 metrics_lib.EVAL_ACCURACY_KEY, "error"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -109,22 +110,22 @@ def build_train_step(
     graphdef: nnx.GraphDef,
     *,
     labels: list[str],
-    schedule: optax.Schedule,
     grad_accum: int,
     seed: int,
     pass_value: bool,
     extra_args_fn: Optional[ExtraArgsFn] = None,
     record_stats: bool = False,
 ) -> Callable:
-  """The pure training step ``(state, inputs, targets, step) -> (state, metrics)``.
+  """The pure training step ``(state, inputs, targets, step[, seed]) -> (state, metrics)``.
 
   Args:
     graphdef: ``nnx.split((model, optimizer))``'s graph definition.
     labels: the group name of each ``nnx.Param`` leaf (update RMS groups).
-    schedule: the learning-rate schedule (for the logged ``lr``).
     grad_accum: micro-batches per update; ``inputs``/``targets`` are
       ``(grad_accum, B, T)``.
-    seed: base of the dropout keys.
+    seed: base of the dropout keys, unless the step is called with its own
+      ``seed`` (an int32 scalar: runs that differ only in the seed then share
+      one compiled step; the keys are the same either way).
     pass_value: call ``optimizer.update(..., value=loss)`` (optax
       ``GradientTransformationExtraArgs``, e.g. Momo).
     extra_args_fn: see :data:`ExtraArgsFn`.
@@ -136,13 +137,13 @@ def build_train_step(
     A function of ``state`` (the ``nnx.State`` of ``(model, optimizer)``),
     ``inputs`` and ``targets`` ``(grad_accum, B, T)`` int32, and ``step``
     (int32 scalar, 1-based); it returns the new state and a dict of scalars
-    ``loss, lr, grad_norm, all_finite, terms{...}, update_rms{...}``.
+    ``loss, grad_norm, all_finite, terms{...}, update_rms{...}``.
   """
 
-  def step_fn(state, inputs, targets, step):
+  def step_fn(state, inputs, targets, step, run_seed=None):
     model, optimizer = nnx.merge(graphdef, state)
     model_def, params, rest = nnx.split(model, nnx.Param, ...)
-    key = jax.random.fold_in(jax.random.key(seed), step)
+    key = jax.random.fold_in(jax.random.key(seed if run_seed is None else run_seed), step)
 
     # Values a scan body uses enter it through the carry: NNX refuses to merge
     # Variables of an outer trace level inside nnx.scan (the stacked layers).
@@ -183,8 +184,7 @@ def build_train_step(
     after = jax.tree.leaves(nnx.state(model, nnx.Param))
     finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(a)) for a in after]))
-    out = dict(loss=loss, lr=jnp.asarray(schedule(step - 1), jnp.float32),
-               grad_norm=optax.tree.norm(grads), all_finite=finite, terms=terms,
+    out = dict(loss=loss, grad_norm=optax.tree.norm(grads), all_finite=finite, terms=terms,
                update_rms=metrics_lib.group_rms(labels, before, after))
     return nnx.split((model, optimizer))[1], out
 
@@ -192,16 +192,17 @@ def build_train_step(
 
 
 def build_eval(graphdef: nnx.GraphDef) -> Callable:
-  """The pure evaluation ``(state, inputs, targets) -> mean eval loss`` over ``(k, B, T)`` batches."""
+  """The pure evaluation ``(state, inputs, targets) -> (mean loss, mean accuracy)`` over ``(k, B, T)`` batches."""
 
   def eval_fn(state, inputs, targets):
     model, _ = nnx.merge(graphdef, state)
     model_def, model_state = nnx.split(model)
 
     def one(carry, xy):  # the state rides in the carry (see build_train_step)
-      return carry, eval_loss(nnx.merge(model_def, carry), *xy)
+      return carry, eval_metrics(nnx.merge(model_def, carry), *xy)
 
-    return jnp.mean(jax.lax.scan(one, model_state, (inputs, targets))[1])
+    losses, accuracies = jax.lax.scan(one, model_state, (inputs, targets))[1]
+    return jnp.mean(losses), jnp.mean(accuracies)
 
   return eval_fn
 
@@ -225,13 +226,35 @@ def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   """``config``'s optimizer with its schedule as ``learning_rate``.
 
   A numeric ``adam_learning_rate`` hyperparameter gets the same schedule shape
-  with that peak.
+  with that peak. The peaks are values in the optimizer state
+  (``optax.inject_hyperparams``) scaling a unit-peak schedule, not constants
+  of the compiled step, so runs that differ only in their learning rates
+  share one compilation (learning-rate sweeps compile once).
   """
   hparams = dict(config.optimizer_hparams)
+  peaks = {"learning_rate": float(config.learning_rate)}
   adam_lr = hparams.get("adam_learning_rate")
   if isinstance(adam_lr, numbers.Real) and not isinstance(adam_lr, bool):
-    hparams["adam_learning_rate"] = schedule_for(config, float(adam_lr))
-  return mj.get_optimizer(config.optimizer, learning_rate=schedule_for(config), **hparams)
+    peaks["adam_learning_rate"] = float(hparams.pop("adam_learning_rate"))
+  shape = schedule_for(config, 1.0)
+  if (config.optimizer != "scion"  # Scion's dimension_numbers is a matrix view, not routing
+      and "dimension_numbers" in mj.hyperparameters(mj.OPTIMIZERS[config.optimizer])
+      and "dimension_numbers" not in hparams and "compat" not in hparams):
+    # The optimizer is rebuilt at every update; one Router keeps the routing
+    # that parameter metadata decided at init (mj.routing.Router).
+    hparams["dimension_numbers"] = mj.routing.Router()
+
+  def factory(learning_rate, adam_learning_rate=None):
+    scheduled = {"learning_rate": lambda count: learning_rate * shape(count)}
+    if adam_learning_rate is not None:
+      scheduled["adam_learning_rate"] = lambda count: adam_learning_rate * shape(count)
+    return mj.get_optimizer(config.optimizer, **scheduled, **hparams)
+
+  base = factory(**peaks)  # bad hyperparameters fail here, not at init
+  tx = optax.inject_hyperparams(factory)(**peaks)
+  if isinstance(base, optax.GradientTransformationExtraArgs):
+    return tx
+  return optax.GradientTransformation(tx.init, lambda u, s, p=None: tx.update(u, s, p))
 
 
 def with_sphere_projection(tx: optax.GradientTransformation,
@@ -381,7 +404,7 @@ class _Engine:
     labels = param_labels(model, config.optimizer)
     self.graphdef, state = nnx.split((model, optimizer))
     accum, micro, seq = config.grad_accum, config.batch_size, config.seq_len
-    kwargs = dict(labels=labels, schedule=schedule_for(config), grad_accum=accum,
+    kwargs = dict(labels=labels, grad_accum=accum,
                   seed=config.seed,
                   pass_value=isinstance(tx, optax.GradientTransformationExtraArgs),
                   extra_args_fn=extra_args_fn)
@@ -409,16 +432,16 @@ class _Engine:
     self.stacked_sharding = NamedSharding(mesh, P(None, sharding.AXES, None))
 
     def flat_batches(step_fn):
-      def fn(state, inputs, targets, step):
+      def fn(state, inputs, targets, step, run_seed):
         unflat = lambda a: jax.lax.with_sharding_constraint(
             a.reshape(accum, micro, seq), self.stacked_sharding)
-        return step_fn(state, unflat(inputs), unflat(targets), step)
+        return step_fn(state, unflat(inputs), unflat(targets), step, run_seed)
       return fn
 
     self._steps = {
         k: jax.jit(flat_batches(f), donate_argnums=0,
                    in_shardings=(self.state_sharding, self.batch_sharding,
-                                 self.batch_sharding, replicated),
+                                 self.batch_sharding, replicated, replicated),
                    out_shardings=(self.state_sharding, replicated))
         for k, f in steps.items()}
     self.eval_fn = jax.jit(evaluate, out_shardings=replicated,
@@ -440,8 +463,8 @@ class _Engine:
 
   def step(self, state, inputs, targets, step: int):
     """One update; ``inputs``/``targets`` from :meth:`batch`."""
-    scalar = jnp.int32(step) if self.mesh is None else np.int32(step)
-    return self.step_fn(step)(state, inputs, targets, scalar)
+    as_int = jnp.int32 if self.mesh is None else np.int32
+    return self.step_fn(step)(state, inputs, targets, as_int(step), as_int(self.config.seed))
 
   def stream(self, tokens) -> Any:
     """This process's training stream: its rows of each global batch of ``grad_accum · B`` sequences."""
@@ -517,7 +540,7 @@ def lower_train_step(config: TrainConfig, *, vocab_size: Optional[int] = None,
     extra_args_fn: as in :func:`train`.
 
   Returns:
-    A ``jax.stages.Lowered`` of ``(state, inputs, targets, step)``.
+    A ``jax.stages.Lowered`` of ``(state, inputs, targets, step, seed)``.
   """
   if vocab_size is None:
     vocab_size = config.model_fields.get("vocab_size")
@@ -534,19 +557,19 @@ def lower_train_step(config: TrainConfig, *, vocab_size: Optional[int] = None,
   else:
     batch = jax.ShapeDtypeStruct((rows, seq), jnp.int32, sharding=engine.batch_sharding)
   with engine.context():
-    return engine.step_fn(1, stats=record_stats).lower(
-        engine.state, batch, batch, jax.ShapeDtypeStruct((), jnp.int32))
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    return engine.step_fn(1, stats=record_stats).lower(engine.state, batch, batch, scalar, scalar)
 
 
 # --- the loop ---------------------------------------------------------------
 
 
-def _record(config: TrainConfig, step: int, out: Mapping[str, Any], seconds: float,
+def _record(config: TrainConfig, step: int, out: Mapping[str, Any], lr: float, seconds: float,
             elapsed: float) -> dict:
   record = {"step": step, "loss": float(out["loss"])}
   for name, value in out["terms"].items():
     record[f"metric_{name}" if name in _RESERVED else name] = float(value)
-  record["lr"] = float(out["lr"])
+  record["lr"] = lr
   record["grad_norm"] = float(out["grad_norm"])
   record.update({k: float(v) for k, v in out["update_rms"].items()})
   record["step_time"] = seconds
@@ -607,7 +630,7 @@ def train(
 
   Returns:
     A JSON-serialisable dict: ``final_train_loss``, ``final_val_loss``,
-    ``eval_history`` (``[{"step", "eval_loss"}]``), ``time_per_step``
+    ``final_val_accuracy``, ``eval_history`` (``[{"step", "eval_loss", "eval_accuracy"}]``), ``time_per_step``
     (median, first step of this process excluded), ``tokens_per_s``,
     ``wall_time``, ``steps``, ``resumed_from``, ``n_params``, ``config``,
     ``model_fields``, ``data``, ``versions``, ``machine``.
@@ -657,6 +680,7 @@ def train(
   if extra_args_fn is None:
     extra_args_fn = EXTRA_ARGS_FNS.get(config.optimizer)
   engine = _Engine(config, fields, extra_args_fn)
+  schedule = schedule_for(config)
   stream = engine.stream(train_tokens)
   val_x, val_y = engine.val_batches(val_tokens)
   n_params, state = engine.n_params, engine.state
@@ -693,7 +717,8 @@ def train(
         new_state, out = engine.step(committed[0], x, y, step)
         out = jax.device_get(out)
         seconds = time.perf_counter() - t0
-        record = _record(config, step, out, seconds, time.perf_counter() - wall_start)
+        record = _record(config, step, out, float(schedule(step - 1)), seconds,
+                         time.perf_counter() - wall_start)
         if not (bool(out["all_finite"]) and np.isfinite(out["grad_norm"])):
           record["error"] = "non-finite"
           if log:
@@ -704,8 +729,11 @@ def train(
         committed = (new_state, step, stream_state)
         step_times.append(seconds)
         if step == config.steps or (config.eval_every and step % config.eval_every == 0):
-          record[metrics_lib.EVAL_KEY] = float(engine.eval_fn(new_state, val_x, val_y))
-          history.append({"step": step, "eval_loss": record[metrics_lib.EVAL_KEY]})
+          val_loss, val_accuracy = jax.device_get(engine.eval_fn(new_state, val_x, val_y))
+          record[metrics_lib.EVAL_KEY] = float(val_loss)
+          record[metrics_lib.EVAL_ACCURACY_KEY] = float(val_accuracy)
+          history.append({"step": step, "eval_loss": float(val_loss),
+                          "eval_accuracy": float(val_accuracy)})
         last_record = record
         if log:
           log.write(record)
@@ -733,6 +761,7 @@ def train(
   return dict(
       final_train_loss=None if last_record is None else last_record["loss"],
       final_val_loss=history[-1]["eval_loss"] if history else None,
+      final_val_accuracy=history[-1].get("eval_accuracy") if history else None,
       eval_history=history,
       time_per_step=per_step,
       tokens_per_s=None if per_step is None else config.tokens_per_step / per_step,

@@ -13,6 +13,7 @@ One JSON object per line, one line per step (keys in :data:`STEP_KEYS`)::
     tokens_per_s    tokens of this step / step_time
     elapsed         seconds since the run (or resumed run) started
     eval_loss       validation cross-entropy after this update, when evaluated
+    eval_accuracy   validation next-token accuracy (arg-max), with eval_loss
 
 Non-finite numbers are written as ``null`` (strict JSON).
 """
@@ -33,6 +34,7 @@ import numpy as np
 
 STEP_KEYS = ("step", "loss", "lr", "grad_norm", "step_time", "tokens_per_s", "elapsed")
 EVAL_KEY = "eval_loss"
+EVAL_ACCURACY_KEY = "eval_accuracy"
 UPDATE_RMS_PREFIX = "update_rms/"
 
 

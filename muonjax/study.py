@@ -1,0 +1,313 @@
+"""Research studies: campaigns of comparisons over seeds, learning-rate tuning, one report.
+
+A study (``experiments/study_*.py``) is a sequence of *campaigns*. A campaign
+is a :class:`muonjax.compare.ComparePreset`: one model, several entries
+(optimizer settings), every entry trained on the same seeds and data by
+:func:`muonjax.compare.run_comparison`, which writes the campaign's
+``results.json``, ``table.md`` and ``curves.png``. This module adds what
+studies share on top of that:
+
+* :func:`run_campaign`: a campaign in ``<root>/<name>/``; a finished campaign
+  is read back instead of rerun, so an interrupted study resumes where it
+  stopped (delete the folder to redo one);
+* :func:`lr_grid` / :func:`lr_curves`: the same entries at several learning
+  rates in one campaign, the final loss against the learning rate (mean ± std
+  over seeds, diverged runs counted), the best rate and the band of rates
+  within 2 % of the best (:func:`muonjax.sweep.lr_band`);
+* :func:`write_report`: ``report.md`` (every campaign's table under its
+  heading, with the facts of the runs) and ``study.json`` (the summary).
+
+Nothing here trains by itself: every run is :func:`muonjax.train.train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from muonjax import compare, report, sweep
+from muonjax.compare import ComparePreset
+
+
+def use_compilation_cache(path: Optional[str] = None) -> str:
+  """Turns on JAX's persistent compilation cache (default ``~/.cache/muonjax/xla``).
+
+  Runs that differ only in the seed compile to the same program, so every seed
+  after the first of a cell skips compilation. Returns the folder.
+  """
+  import jax
+
+  path = path or os.path.join(os.path.expanduser("~"), ".cache", "muonjax", "xla")
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
+
+
+def run_campaign(root: str, name: str, preset: ComparePreset, *,
+                 log: Optional[Callable[[str], None]] = print) -> dict:
+  """Runs (or reads back) the campaign ``name`` of a study into ``<root>/<name>/``.
+
+  Args:
+    root: the study's results folder.
+    name: the campaign's folder name.
+    preset: what every run shares and the entries to compare.
+    log: called with one line per finished run (``None``: silent).
+
+  Returns:
+    The campaign's ``results.json`` dict (:func:`muonjax.compare.run_comparison`).
+  """
+  folder = os.path.join(root, name)
+  path = os.path.join(folder, "results.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      payload = json.load(f)
+    if payload["preset"] != _preset_json(preset):
+      raise ValueError(f"{path} holds another campaign {name!r} (its preset differs); "
+                       "delete that folder to rerun it")
+    if log:
+      log(f"[{name}] already done: {path}")
+    return payload
+  on_run = None
+  if log:
+    def on_run(entry: str, seed: int):
+      start = time.perf_counter()
+
+      def on_step(step, record):
+        if step == preset.steps:
+          loss = record.get("eval_loss")
+          log(f"[{name}] {entry} seed {seed}: val loss "
+              f"{'n/a' if loss is None else format(loss, '.4f')} "
+              f"({time.perf_counter() - start:.0f} s)")
+      return on_step
+  return compare.run_comparison(preset, folder, on_run=on_run)
+
+
+def _preset_json(preset: ComparePreset) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(preset) | {"seeds": list(preset.seeds)},
+                               default=str))
+
+
+# --- learning-rate grids ---------------------------------------------------
+
+
+def lr_label(entry: str, learning_rate: float) -> str:
+  return f"{entry} @ {learning_rate:g}"
+
+
+def lr_grid(preset: ComparePreset, entries: Mapping[str, Mapping[str, Any]],
+            learning_rates: Mapping[str, Sequence[float]], *,
+            baseline: Optional[str] = None) -> ComparePreset:
+  """``preset`` whose entries are every ``entries[e]`` at every ``learning_rates[e]``.
+
+  Args:
+    preset: the shared settings (its own entries are replaced).
+    entries: entry name → hyperparameters (``optimizer`` names the registry
+      entry when it differs from the entry's name; ``learning_rate`` is set
+      from the grid).
+    learning_rates: entry name → its learning rates.
+    baseline: the entry label the comparison table refers to (default: the
+      first label).
+
+  Returns:
+    A :class:`ComparePreset` with entries labelled :func:`lr_label`.
+  """
+  missing = sorted(set(entries) - set(learning_rates))
+  if missing:
+    raise ValueError(f"lr_grid: no learning rates for {missing}")
+  optimizers = {}
+  for entry, hparams in entries.items():
+    for lr in learning_rates[entry]:
+      optimizers[lr_label(entry, lr)] = dict(hparams, optimizer=hparams.get("optimizer", entry),
+                                              learning_rate=lr)
+  return dataclasses.replace(preset, optimizers=optimizers,
+                             baseline=baseline or next(iter(optimizers)))
+
+
+def lr_curves(payload: Mapping[str, Any], entries: Sequence[str],
+              learning_rates: Mapping[str, Sequence[float]], *,
+              tolerance: float = 0.02) -> dict:
+  """Final loss against learning rate for every entry of an :func:`lr_grid` campaign.
+
+  Returns:
+    entry → ``points`` (``[lr, mean, std, finished, diverged]`` per rate) and
+    ``band`` (:func:`muonjax.sweep.lr_band` of the means: best rate and loss,
+    the lowest and highest rate within ``tolerance`` of the best, its width in
+    decades; a rate where any seed diverged is left out of the band).
+  """
+  rows = {r["optimizer"]: r for r in payload["rows"]}
+  curves = {}
+  for entry in entries:
+    points = []
+    for lr in learning_rates[entry]:
+      row = rows[lr_label(entry, lr)]
+      points.append([lr, row["val_loss"], row["val_loss_std"], row["seeds"], row["diverged"]])
+    band = sweep.lr_band([(lr, None if diverged else loss)
+                          for lr, loss, _, _, diverged in points], tolerance)
+    curves[entry] = {"points": points, "band": band}
+  return curves
+
+
+def best_learning_rates(curves: Mapping[str, Mapping]) -> dict[str, float]:
+  """entry → the learning rate of its lowest mean final loss in :func:`lr_curves`."""
+  best = {}
+  for entry, curve in curves.items():
+    if curve["band"]["best_lr"] is None:
+      raise ValueError(f"every learning rate of {entry!r} diverged; widen its grid")
+    best[entry] = curve["band"]["best_lr"]
+  return best
+
+
+def lr_table(curves: Mapping[str, Mapping]) -> str:
+  """Markdown: per entry, the loss at every rate, the best rate and the 2 % band."""
+  rates = sorted({p[0] for c in curves.values() for p in c["points"]})
+  head = "| method | " + " | ".join(f"{lr:g}" for lr in rates) + \
+         " | best lr | best loss | band within 2 % | width (decades) |"
+  lines = [head, "|---|" + "---|" * (len(rates) + 4)]
+  for entry, curve in curves.items():
+    by_lr = {p[0]: p for p in curve["points"]}
+    cells = []
+    for lr in rates:
+      p = by_lr.get(lr)
+      if p is None:
+        cells.append("")
+      elif p[1] is None:
+        cells.append("diverged")
+      else:
+        cells.append(f"{p[1]:.3f} ± {p[2]:.3f}" + (f" ({p[4]} div.)" if p[4] else ""))
+    b = curve["band"]
+    if b["best_lr"] is None:
+      tail = "— | — | — | — |"
+    else:
+      tail = (f"{b['best_lr']:g} | {b['best_loss']:.4f} | [{b['lo']:g}, {b['hi']:g}] | "
+              f"{b['decades']:.2f} |")
+    lines.append(f"| {entry} | " + " | ".join(cells) + " | " + tail)
+  return "\n".join(lines)
+
+
+def plot_lr_curves(curves: Mapping[str, Mapping], path: str, *, title: str = "",
+                   xlabel: str = "learning rate", log_x: bool = True) -> str:
+  """Final loss (mean ± std over seeds) against the learning rate, one line per entry."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+  for entry, curve in curves.items():
+    pts = [(p[0], p[1], p[2]) for p in curve["points"] if p[1] is not None]
+    if pts:
+      x, y, err = zip(*pts)
+      ax.errorbar(x, y, yerr=err, marker="o", markersize=3, capsize=2, label=entry)
+  if log_x:
+    ax.set_xscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("final validation loss")
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+# --- the report ---------------------------------------------------------------
+
+
+def campaign_markdown(payload: Mapping[str, Any], heading: str, *, note: str = "",
+                      accuracy: bool = False, baseline: Optional[str] = None,
+                      level: str = "##") -> str:
+  """A campaign's table under ``heading``: the facts line, an optional note, the table."""
+  rows = payload["rows"]
+  table = report.markdown_table(rows, baseline=baseline or payload["preset"]["baseline"],
+                                accuracy=accuracy)
+  parts = [f"{level} {heading}", "", f"*{payload['header']}*", ""]
+  if note:
+    parts += [note, ""]
+  parts += [table, ""]
+  return "\n".join(parts)
+
+
+def row(payload: Mapping[str, Any], entry: str) -> dict:
+  """The comparison row of ``entry`` in a campaign's payload."""
+  for r in payload["rows"]:
+    if r["optimizer"] == entry:
+      return r
+  raise KeyError(f"no entry {entry!r} in the campaign; entries: "
+                 f"{[r['optimizer'] for r in payload['rows']]}")
+
+
+def write_report(root: str, title: str, sections: Sequence[str], summary: Mapping[str, Any], *,
+                 intro: str = "", started: Optional[float] = None) -> str:
+  """Writes ``<root>/report.md`` (title, intro, sections) and ``<root>/study.json``.
+
+  ``summary`` (JSON values) goes into ``study.json`` with the wall time since
+  ``started`` (a ``time.time()``; ``None``: not recorded). Returns the report's path.
+  """
+  os.makedirs(root, exist_ok=True)
+  wall = None if started is None else time.time() - started
+  text = [f"# {title}", ""]
+  if intro:
+    text += [intro.strip(), ""]
+  if wall is not None:
+    text += [f"Wall time of this run of the script: {wall / 60:.1f} min "
+             "(campaigns read back from an earlier run count as 0).", ""]
+  text += list(sections)
+  path = os.path.join(root, "report.md")
+  with open(path, "w") as f:
+    f.write("\n".join(text).rstrip() + "\n")
+  payload = dict(summary, title=title, wall_time_s=wall)
+  tmp = os.path.join(root, "study.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=1, default=str)
+  os.replace(tmp, os.path.join(root, "study.json"))
+  return path
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for one value)."""
+  values = [float(v) for v in values]
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, 0.0
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+# --- the scripts' command line ---------------------------------------------------
+
+
+def parser(description: str, presets: Sequence[str], default_out: str) -> argparse.ArgumentParser:
+  """The arguments every study script takes."""
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument("--preset", choices=list(presets), default=presets[0],
+                 help="size of the study (default %(default)s)")
+  p.add_argument("--out", default=default_out, help="results folder (default %(default)s)")
+  p.add_argument("--seeds", type=int, default=None,
+                 help="seeds per cell (default: the preset's, at least 3 for committed results)")
+  p.add_argument("--data", default=None,
+                 help="corpus for muonjax.data.load_corpus (default: the Python stdlib source)")
+  p.add_argument("--cache", default=None,
+                 help="persistent compilation cache folder (default ~/.cache/muonjax/xla)")
+  p.add_argument("--quiet", action="store_true", help="no line per finished run")
+  return p
+
+
+def main(run: Callable[[argparse.Namespace, Callable], Any], description: str,
+         presets: Sequence[str], default_out: str, argv: Optional[Sequence[str]] = None) -> int:
+  """Parses the study's arguments and calls ``run(args, log)``; bad input exits with 2."""
+  args = parser(description, presets, default_out).parse_args(argv)
+  use_compilation_cache(args.cache)
+  log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+  try:
+    run(args, log)
+  except ValueError as e:
+    print(f"error: {e}", flush=True)
+    return 2
+  return 0
