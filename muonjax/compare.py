@@ -71,6 +71,11 @@ PRESETS: dict[str, ComparePreset] = {
 }
 
 
+# TrainConfig fields a compare entry may set for itself (the sphere stage of nGPT
+# runs belongs to the optimizer setting being compared).
+ENTRY_TRAIN_FIELDS = ("sphere_update", "sphere_every", "sphere_theta")
+
+
 def get_preset(name: str) -> ComparePreset:
   if name not in PRESETS:
     raise ValueError(f"unknown compare preset {name!r}; available: {sorted(PRESETS)}")
@@ -88,7 +93,9 @@ def train_config(preset: ComparePreset, optimizer: str, seed: int, *,
   * ``"optimizer"``: the registry name (default: the entry's own name), e.g.
     ``{"muon (NS only)": {"optimizer": "muon", "momentum": 0.0, ...}}``;
   * ``"model_fields"``: model fields replacing the preset's for this entry,
-    e.g. ``{"attention": "mhla"}``.
+    e.g. ``{"attention": "mhla"}``;
+  * :data:`ENTRY_TRAIN_FIELDS` (``sphere_update``, ``sphere_every``,
+    ``sphere_theta``): those :class:`~muonjax.train.TrainConfig` fields.
   """
   from muonjax.train import TrainConfig
 
@@ -98,8 +105,9 @@ def train_config(preset: ComparePreset, optimizer: str, seed: int, *,
   learning_rate = hparams.pop("learning_rate")
   name = hparams.pop("optimizer", optimizer)
   fields = dict(preset.model_fields, **hparams.pop("model_fields", {}))
+  run_fields = {k: hparams.pop(k) for k in ENTRY_TRAIN_FIELDS if k in hparams}
   return TrainConfig(
-      model=preset.model, model_fields=fields,
+      model=preset.model, model_fields=fields, **run_fields,
       optimizer=name, optimizer_hparams=hparams, learning_rate=learning_rate,
       schedule=preset.schedule, warmup_steps=preset.warmup_steps, steps=preset.steps,
       batch_size=preset.batch_size, seq_len=preset.seq_len, eval_every=preset.eval_every,

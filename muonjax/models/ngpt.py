@@ -81,6 +81,7 @@ from flax import nnx
 from muonjax.models import config as checks
 from muonjax.models.blocks import CausalSelfAttention, causal_attention, dense, rope, run_stacked
 from muonjax.transforms.hypersphere import hypersphere, sphere_axes
+from muonjax.transforms.validation import check_choice
 
 # Smallest norm divided by; keeps Norm(0) finite (nGPT's justnorm has no guard).
 _NORM_FLOOR = 1e-12
@@ -142,22 +143,39 @@ def normalize_weights(model: nnx.Module) -> nnx.Module:
   return model
 
 
-def sphere_projection(model_or_axes: Any) -> optax.GradientTransformation:
-  """Post-step projection stage: append it to any chain whose output is the update.
+def sphere_projection(model_or_axes: Any, *, mode: str = "project", every: int = 1,
+                      theta: str = "lr", learning_rate: Any = 1.0) -> optax.GradientTransformation:
+  """Post-step sphere stage: append it to any chain whose output is the update.
 
-  ``optax.chain(tx, sphere_projection(model))`` applies ``tx``'s update u and then
-  normalizes every constrained vector: W ← Norm(W + u); unconstrained leaves get
-  W + u. It is ``mj.hypersphere(1.0, axes=...)`` in ``"project"`` mode on the
-  descent direction −u, so it works after any optimizer's learning-rate scaling
-  (``mj.muon``, ``optax.adamw``).
+  ``optax.chain(tx, sphere_projection(model))`` applies ``tx``'s update Δ and then
+  normalizes every constrained vector: W ← Norm(W + Δ); unconstrained leaves get
+  W + Δ. It is ``mj.hypersphere`` on the descent direction −Δ, so it works after
+  any optimizer's learning-rate scaling (``mj.muon``, ``optax.adamw``):
+
+  * ``mode="project"``, ``every=k``: lazy projection, W ← W + Δ and the
+    renormalization only on every k-th step (nGPT's ``lazy_proj_freq``);
+  * ``mode="geodesic"``: an exact great-circle move of each unit vector towards
+    the tangent part of Δ by ``θ = learning_rate`` (``theta="lr"``; pass the
+    run's schedule) or ``θ = ‖Δ‖ = η‖U‖`` per vector (``theta="norm"``).
 
   Args:
     model_or_axes: an NNX model or state (axes read by :func:`muonjax.sphere_axes`),
       or an axes tree / callable as ``mj.hypersphere`` takes.
+    mode: ``"project"`` or ``"geodesic"``.
+    every: lazy projection period (``"project"`` only).
+    theta: geodesic angle rule, ``"lr"`` or ``"norm"``.
+    learning_rate: η of ``theta="lr"`` (float or schedule).
   """
+  check_choice("mode", mode, ("project", "geodesic"))
+  check_choice("theta", theta, ("lr", "norm"))
   axes = (sphere_axes(model_or_axes)
           if isinstance(model_or_axes, (nnx.Module, nnx.State)) else model_or_axes)
-  return optax.chain(optax.scale(-1.0), hypersphere(1.0, axes=axes, mode="project"))
+  if mode == "project":
+    stage = hypersphere(1.0, axes=axes, mode="project", every=every)
+  else:
+    stage = hypersphere(learning_rate if theta == "lr" else 1.0, axes=axes, mode="geodesic",
+                        theta=theta)
+  return optax.chain(optax.scale(-1.0), stage)
 
 
 # ----------------------------------------------------------------------------- config

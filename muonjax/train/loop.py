@@ -257,19 +257,34 @@ def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   return optax.GradientTransformation(tx.init, lambda u, s, p=None: tx.update(u, s, p))
 
 
-def with_sphere_projection(tx: optax.GradientTransformation,
-                           model: nnx.Module) -> optax.GradientTransformation:
-  """``tx`` followed by the unit-sphere projection when ``model`` has ``sphere_axis`` metadata.
+def with_sphere_projection(tx: optax.GradientTransformation, model: nnx.Module,
+                           config: Optional[TrainConfig] = None) -> optax.GradientTransformation:
+  """``tx`` followed by the sphere stage when ``model`` has ``sphere_axis`` metadata.
 
   Normalized models (nGPT) keep their weight vectors on the unit sphere: after
   every optimizer step each constrained vector is renormalized
-  (:func:`muonjax.models.ngpt.sphere_projection`); other models get ``tx`` unchanged.
+  (:func:`muonjax.models.ngpt.sphere_projection`), lazily every
+  ``config.sphere_every`` steps, or moved along a great circle
+  (``config.sphere_update="geodesic"``, angle ``config.sphere_theta``); other
+  models get ``tx`` unchanged.
   """
-  axes = mj.sphere_axes(model)
-  if all(a is None for a in jax.tree.leaves(axes, is_leaf=lambda a: a is None)):
+  if not _has_sphere(model):
     return tx
   from muonjax.models.ngpt import sphere_projection
-  return optax.chain(tx, sphere_projection(model))
+  if config is None:
+    return optax.chain(tx, sphere_projection(model))
+  return optax.chain(tx, sphere_projection(
+      model, mode=config.sphere_update, every=config.sphere_every, theta=config.sphere_theta,
+      learning_rate=schedule_for(config)))
+
+
+def _has_sphere(model: nnx.Module) -> bool:
+  axes = mj.sphere_axes(model)
+  return any(a is not None for a in jax.tree.leaves(axes, is_leaf=lambda a: a is None))
+
+
+def _sphere_changed(config: TrainConfig) -> bool:
+  return (config.sphere_update, config.sphere_every, config.sphere_theta) != ("project", 1, "lr")
 
 
 def model_fields(config: TrainConfig, vocab_size: int) -> dict:
@@ -399,7 +414,10 @@ class _Engine:
     self.mesh = mesh_for(config)
     model = models.build(config.model, rngs=config.seed, **fields)
     self.n_params = models.param_count(model)
-    tx = with_sphere_projection(build_optimizer(config), model)
+    tx = with_sphere_projection(build_optimizer(config), model, config)
+    if not _has_sphere(model) and _sphere_changed(config):
+      raise ValueError(f"TrainConfig.sphere_update/sphere_every/sphere_theta apply to models "
+                       f"with unit-sphere weights (ngpt); {config.model!r} has none")
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     labels = param_labels(model, config.optimizer)
     self.graphdef, state = nnx.split((model, optimizer))
