@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -129,7 +128,7 @@ def _base(p: Preset, model: str, steps: int, seeds: int, data) -> ComparePreset:
 def run(args, log) -> dict:
   p = PRESETS[args.preset]
   seeds = args.seeds or p.seeds
-  root, started = args.out, time.time()
+  root = args.out
 
   # 1. Learning rates: one seed per grid point, the long setting's length.
   entries = {v: _entry(v, 0.0) for v in p.variants}
@@ -188,7 +187,7 @@ def run(args, log) -> dict:
                                                          ("mor_long", mor),
                                                          ("hyperloop_long", hyper))})
   study.write_report(root, "Study 1: Muon variants × looped transformers", sections, summary,
-                     intro=INTRO, started=started)
+                     intro=INTRO, campaigns=[tune, newton_tune, short, long, mor, hyper])
   return summary
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -77,7 +76,7 @@ PRESETS = {
 def run(args, log) -> dict:
   p = PRESETS[args.preset]
   seeds = args.seeds or p.seeds
-  root, started = args.out, time.time()
+  root = args.out
   entries = {m: METHODS[m] for m in p.methods}
   grid = {m: p.learning_rates for m in p.methods}
   base = ComparePreset(model=p.model, model_fields=p.model_fields, optimizers={},
@@ -101,7 +100,7 @@ def run(args, log) -> dict:
   summary = dict(preset=args.preset, seeds=seeds, learning_rates=list(p.learning_rates),
                  curves=curves)
   study.write_report(root, "Study 4: learning-rate sensitivity of Muon designs", sections,
-                     summary, intro=INTRO, started=started)
+                     summary, intro=INTRO, campaigns=[payload])
   return summary
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -97,7 +96,7 @@ PRESETS = {
 def run(args, log) -> dict:
   p = PRESETS[args.preset]
   seeds = args.seeds or p.seeds
-  root, started = args.out, time.time()
+  root = args.out
 
   def base(steps, n_seeds=seeds, **fields):
     return ComparePreset(model="moe", model_fields=dict(p.model_fields, **fields), optimizers={},
@@ -175,7 +174,7 @@ def run(args, log) -> dict:
                                                    ("hybrid", hybrid), ("ablation", ablation),
                                                    ("activations", activations))})
   study.write_report(root, "Study 2: Muon on a small MoE with latent attention", sections,
-                     summary, intro=INTRO, started=started)
+                     summary, intro=INTRO, campaigns=[lr_payload, beta_payload, ns_payload, hybrid, ablation_tune, ablation, activations])
   return summary
 
 
@@ -196,16 +195,22 @@ def claims(lr_curves, beta_payload, ns_payload, hybrid, ablation, activations) -
   muon, adamw = study.row(hybrid, "muon (hybrid)"), study.row(hybrid, "adamw")
   if muon["val_loss"] is not None and adamw["val_loss"] is not None:
     rel = 100 * (muon["val_loss"] - adamw["val_loss"]) / adamw["val_loss"]
+    verdict = {"lower": "agrees in direction", "higher": "disagrees",
+               "tie": "inconclusive (within the seeds' spread)"}[study.versus(muon, adamw)]
     lines.append(f"- (a) Muon vs AdamW: {muon['val_loss']:.4f} vs {adamw['val_loss']:.4f} "
-                 f"({rel:+.1f} %; published −13.2 %) — "
-                 f"{'agrees in direction' if rel < 0 else 'disagrees'}; time/step ratio "
+                 f"({rel:+.1f} %; published −13.2 %) — {verdict}; time/step ratio "
                  f"{muon['time_ratio']:.2f}× (published +12.7 % training time).")
   full = study.row(ablation, "full Muon")
   best_ablation = _best(ablation)
   if best_ablation is not None:
+    if best_ablation["optimizer"] == "full Muon":
+      verdict = "agrees"
+    elif study.versus(full, best_ablation) == "tie":
+      verdict = "full Muon is within the seeds' spread of it"
+    else:
+      verdict = "disagrees"
     lines.append(f"- (b) Lowest loss: {best_ablation['optimizer']} "
-                 f"({best_ablation['val_loss']:.4f}); published: full Muon — "
-                 f"{'agrees' if best_ablation['optimizer'] == 'full Muon' else 'disagrees'}.")
+                 f"({best_ablation['val_loss']:.4f}); published: full Muon — {verdict}.")
   ns_only = study.row(ablation, "NS only")
   if full["val_loss"] is not None and ns_only["val_loss"] is not None:
     rel = 100 * (ns_only["val_loss"] - full["val_loss"]) / full["val_loss"]
@@ -225,8 +230,15 @@ def claims(lr_curves, beta_payload, ns_payload, hybrid, ablation, activations) -
                    f"the means {spread:.4f}.")
   b = _best(activations)
   if b is not None:
+    relu = [r for r in activations["rows"] if r["optimizer"] == "MHSA-relu"]
+    if b["optimizer"] == "MHSA-relu":
+      verdict = "agrees"
+    elif relu and study.versus(relu[0], b) == "tie":
+      verdict = "MHSA-relu is within the seeds' spread of it"
+    else:
+      verdict = "disagrees"
     lines.append(f"- (d) Best cell: {b['optimizer']} ({b['val_loss']:.4f}); published MHSA-relu "
-                 f"— {'agrees' if b['optimizer'] == 'MHSA-relu' else 'disagrees'}.")
+                 f"— {verdict}.")
   return "\n".join(lines)
 
 

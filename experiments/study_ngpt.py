@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -79,7 +78,7 @@ PRESETS = {
 def run(args, log) -> dict:
   p = PRESETS[args.preset]
   seeds = args.seeds or p.seeds
-  root, started = args.out, time.time()
+  root = args.out
   gated_paper = args.preset == "paper"
 
   def base(**fields):
@@ -173,7 +172,7 @@ def run(args, log) -> dict:
                  tables={n: c["rows"] for n, c in (("gated", gated), ("geodesic", geodesic),
                                                    ("features", features), ("lazy", lazy))})
   study.write_report(root, "Study 3: Muon on nGPT", sections, summary, intro=INTRO,
-                     started=started)
+                     campaigns=[sweep, gated, geodesic, features, lazy])
   return summary
 
 
@@ -192,22 +191,31 @@ def claims(curves, gated, geodesic, features, lazy_curves) -> str:
   lines = []
   muon, adam = curves["Muon"]["band"], curves["Adam"]["band"]
   if muon["best_loss"] is not None and adam["best_loss"] is not None:
+    def at_best(name):
+      point = next(pt for pt in curves[name]["points"] if pt[0] == curves[name]["band"]["best_lr"])
+      return {"val_loss": point[1], "val_loss_std": point[2]}
+    verdict = {"lower": "agrees", "higher": "disagrees",
+               "tie": "inconclusive (within the seeds' spread)"}[
+                   study.versus(at_best("Muon"), at_best("Adam"))]
     lines.append(f"- Muon beats Adam (nGPT): best {muon['best_loss']:.4f} (lr {muon['best_lr']:g}) "
-                 f"vs {adam['best_loss']:.4f} (lr {adam['best_lr']:g}) — "
-                 f"{'agrees' if muon['best_loss'] < adam['best_loss'] else 'disagrees'}.")
+                 f"vs {adam['best_loss']:.4f} (lr {adam['best_lr']:g}) — {verdict}.")
   g_muon, g_adam = study.row(gated, "muon"), study.row(gated, "adam")
   if g_muon["val_loss"] is not None and g_adam["val_loss"] is not None:
-    lines.append(f"- Gated nGPT: Muon {g_muon['val_loss']:.4f} vs Adam {g_adam['val_loss']:.4f} — "
-                 f"{'Muon better' if g_muon['val_loss'] < g_adam['val_loss'] else 'Adam better'}.")
+    verdict = {"lower": "Muon better", "higher": "Adam better",
+               "tie": "within the seeds' spread"}[study.versus(g_muon, g_adam)]
+    lines.append(f"- Gated nGPT: Muon {g_muon['val_loss']:.4f} ± {g_muon['val_loss_std']:.4f} vs "
+                 f"Adam {g_adam['val_loss']:.4f} ± {g_adam['val_loss_std']:.4f} — {verdict}.")
   if muon["best_lr"] is not None:
     lines.append(f"- Muon's best lr {muon['best_lr']:g} vs modded-nanogpt's 0.023 — the plan "
                  f"expected higher: {'agrees' if muon['best_lr'] > 0.023 else 'disagrees'}.")
-  base = study.row(geodesic, "projection")["val_loss"]
+  projection = study.row(geodesic, "projection")
   for name in ("geodesic θ = lr", "geodesic θ = lr·‖U‖"):
     r = study.row(geodesic, name)
-    if base is not None and r["val_loss"] is not None:
-      rel = 100 * (r["val_loss"] - base) / base
-      lines.append(f"- {name}: {rel:+.2f} % vs projection (plan expected −1 to −3 %).")
+    if projection["val_loss"] is not None and r["val_loss"] is not None:
+      rel = 100 * (r["val_loss"] - projection["val_loss"]) / projection["val_loss"]
+      verdict = {"lower": "better", "higher": "worse",
+                 "tie": "within the seeds' spread"}[study.versus(r, projection)]
+      lines.append(f"- {name}: {rel:+.2f} % vs projection, {verdict} (plan expected −1 to −3 %).")
   finished = [r for r in features["rows"] if r["val_loss"] is not None]
   if finished:
     b = min(finished, key=lambda r: r["val_loss"])

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -244,40 +243,47 @@ def row(payload: Mapping[str, Any], entry: str) -> dict:
                  f"{[r['optimizer'] for r in payload['rows']]}")
 
 
-def write_report(root: str, title: str, sections: Sequence[str], summary: Mapping[str, Any], *,
-                 intro: str = "", started: Optional[float] = None) -> str:
-  """Writes ``<root>/report.md`` (title, intro, sections) and ``<root>/study.json``.
+def versus(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+  """``"lower"``, ``"higher"`` or ``"tie"``: ``a``'s mean loss against ``b``'s (comparison rows).
 
-  ``summary`` (JSON values) goes into ``study.json`` with the wall time since
-  ``started`` (a ``time.time()``; ``None``: not recorded). Returns the report's path.
+  A difference no larger than the sum of the two sample standard deviations
+  over seeds is a tie: the seeds do not separate the two.
+  """
+  if a["val_loss"] is None or b["val_loss"] is None:
+    return "tie"
+  gap = a["val_loss"] - b["val_loss"]
+  if abs(gap) <= (a["val_loss_std"] or 0.0) + (b["val_loss_std"] or 0.0):
+    return "tie"
+  return "lower" if gap < 0 else "higher"
+
+
+def write_report(root: str, title: str, sections: Sequence[str], summary: Mapping[str, Any], *,
+                 campaigns: Sequence[Mapping[str, Any]], intro: str = "") -> str:
+  """Writes ``<root>/report.md`` (title, intro, runtime, sections) and ``<root>/study.json``.
+
+  The runtime is the sum of the ``campaigns``' own wall times (as recorded when
+  each ran, so a report regenerated from finished campaigns keeps it).
+  ``summary`` (JSON values) goes into ``study.json`` with ``wall_time_s`` and
+  ``runs``. Returns the report's path.
   """
   os.makedirs(root, exist_ok=True)
-  wall = None if started is None else time.time() - started
+  wall = sum(float(c.get("wall_time") or 0.0) for c in campaigns)
+  runs = sum(len(results) for c in campaigns for results in c["runs"].values())
   text = [f"# {title}", ""]
   if intro:
     text += [intro.strip(), ""]
-  if wall is not None:
-    text += [f"Wall time of this run of the script: {wall / 60:.1f} min "
-             "(campaigns read back from an earlier run count as 0).", ""]
+  text += [f"Compute: {runs} training runs in {len(campaigns)} campaigns, {wall / 60:.1f} min "
+           "of wall time (the sum of the campaigns' own measurements).", ""]
   text += list(sections)
   path = os.path.join(root, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(text).rstrip() + "\n")
-  payload = dict(summary, title=title, wall_time_s=wall)
+  payload = dict(summary, title=title, wall_time_s=wall, runs=runs)
   tmp = os.path.join(root, "study.json.tmp")
   with open(tmp, "w") as f:
     json.dump(payload, f, indent=1, default=str)
   os.replace(tmp, os.path.join(root, "study.json"))
   return path
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (0 for one value)."""
-  values = [float(v) for v in values]
-  mean = sum(values) / len(values)
-  if len(values) < 2:
-    return mean, 0.0
-  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 # --- the scripts' command line ---------------------------------------------------

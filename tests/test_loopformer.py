@@ -617,6 +617,7 @@ def apply_update(optimizer, model, grads):
   optimizer.update(model, grads)
 
 
+@pytest.mark.slow  # ~30 s on 2 cores; run with -m slow
 def test_training_loss_gradient_matches_equations():
   """Gradients of the objective against central differences of the float64 oracle.
 

@@ -194,6 +194,7 @@ def test_paper_configs_analytic_counts():
 # ----------------------------------------------------------------------------- loops
 
 
+@pytest.mark.slow  # ~30 s on 2 cores; run with -m slow
 def test_scan_matches_unrolled_and_capacities_respected():
   model = build(router="expert", n_recursions=2)  # unrolled: one copy of the core per step
   x = tokens(3)

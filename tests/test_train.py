@@ -26,7 +26,6 @@ from muonjax.train import (
     make_schedule,
     param_labels,
     read_jsonl,
-    schedule_for,
     train,
 )
 

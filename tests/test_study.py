@@ -1,0 +1,282 @@
+"""Studies: campaigns, learning-rate grids and bands, one compilation per sweep, sphere updates.
+
+The study scripts themselves (experiments/study_*.py) run their smoke presets
+here: the cheapest by default, the others with ``-m slow``.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import muonjax as mj
+from muonjax import compare, models, report, study
+from muonjax.models.ngpt import sphere_projection
+from muonjax.train import TrainConfig, build_optimizer, lower_train_step, schedule_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_GPT = dict(vocab_size=64, d_model=16, n_layers=1, n_heads=2, d_ff=32)
+
+
+def _config(**changes):
+  base = TrainConfig(model="gpt", model_fields=TINY_GPT, optimizer="muon", learning_rate=0.02,
+                     optimizer_hparams={"adam_learning_rate": 3e-3}, schedule="cosine",
+                     warmup_steps=2, steps=10, batch_size=2, seq_len=8)
+  return dataclasses.replace(base, **changes)
+
+
+# --- one compiled step per learning-rate sweep and per seed set ------------------
+
+
+def test_learning_rates_and_seed_do_not_change_the_compiled_program():
+  text = lambda c: lower_train_step(c).as_text()
+  reference = text(_config())
+  assert text(_config(learning_rate=0.05)) == reference
+  assert text(_config(optimizer_hparams={"adam_learning_rate": 1e-2})) == reference
+  assert text(_config(seed=3)) == reference
+  assert text(_config(steps=11)) != reference  # the schedule's shape is part of the program
+
+
+@pytest.mark.parametrize("optimizer,hparams", [
+    ("muon", {"adam_learning_rate": 3e-3}),
+    ("adamw", {}),
+    ("momo", {}),
+])
+def test_build_optimizer_equals_the_alias_with_the_schedule(optimizer, hparams):
+  config = _config(optimizer=optimizer, optimizer_hparams=hparams)
+  model = models.build("gpt", rngs=0, max_seq_len=8, **TINY_GPT)
+  params = nnx.state(model, nnx.Param)
+  direct_hparams = dict(hparams)
+  if "adam_learning_rate" in hparams:
+    direct_hparams["adam_learning_rate"] = schedule_for(config, hparams["adam_learning_rate"])
+  direct = mj.get_optimizer(optimizer, learning_rate=schedule_for(config), **direct_hparams)
+  ours = build_optimizer(config)
+  s_direct, s_ours = direct.init(params), ours.init(params)
+  extra = {"value": jnp.float32(3.0)} if optimizer == "momo" else {}
+  for step in range(3):
+    grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(step), p.shape), params)
+    u_direct, s_direct = direct.update(grads, s_direct, params, **extra)
+    u_ours, s_ours = ours.update(grads, s_ours, params, **extra)
+    np.testing.assert_allclose(np.concatenate([np.ravel(x) for x in jax.tree.leaves(u_ours)]),
+                               np.concatenate([np.ravel(x) for x in jax.tree.leaves(u_direct)]),
+                               rtol=2e-5, atol=1e-7)
+
+
+def test_build_optimizer_keeps_metadata_routing_across_updates():
+  # LoopFormer's conditioning matrices go to AdamW by metadata; the optimizer is
+  # rebuilt at every update and must keep routing them there.
+  config = TrainConfig(model="loopformer", optimizer="newton_muon", learning_rate=0.02,
+                       model_fields=dict(vocab_size=64, d_model=16, n_layers=1, n_heads=2,
+                                         d_ff=32, n_loops=2, freq_dim=8),
+                       steps=4, batch_size=2, seq_len=8)
+  model = models.build("loopformer", rngs=0, max_seq_len=8, **config.model_fields)
+  optimizer = nnx.Optimizer(model, build_optimizer(config), wrt=nnx.Param)
+  grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+  optimizer.update(model, grads)  # raised on a routing mismatch before the fix
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(nnx.state(model)))
+
+
+# --- evaluation accuracy ------------------------------------------------------
+
+
+def test_eval_metrics_accuracy_is_the_argmax_hit_rate():
+  model = models.build("gpt", rngs=0, max_seq_len=8, **TINY_GPT)
+  x = jax.random.randint(jax.random.key(1), (3, 8), 0, 64)
+  y = jax.random.randint(jax.random.key(2), (3, 8), 0, 64)
+  loss, accuracy = models.eval_metrics(model, x, y)
+  logits = np.asarray(model(x), np.float64)
+  np.testing.assert_allclose(float(accuracy), np.mean(logits.argmax(-1) == np.asarray(y)))
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  expected = -np.take_along_axis(log_probs, np.asarray(y)[..., None], -1).mean()
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+# --- comparison rows, learning-rate curves and bands ----------------------------------
+
+
+def _result(loss, seconds=0.01, history=None):
+  return dict(final_val_loss=loss, final_val_accuracy=0.5, time_per_step=seconds,
+              eval_history=history or [[10, loss]])
+
+
+def test_comparison_rows_leave_diverged_runs_out_of_the_means():
+  runs = {"adamw": [_result(2.0), _result(2.2)],
+          "muon": [_result(1.0), {"diverged": True, "final_val_loss": None, "eval_history": [],
+                                  "time_per_step": None}],
+          "bad": [{"diverged": True, "final_val_loss": None, "eval_history": [],
+                   "time_per_step": None}]}
+  rows = {r["optimizer"]: r for r in report.comparison_rows(runs)}
+  assert rows["muon"]["val_loss"] == 1.0 and rows["muon"]["diverged"] == 1
+  assert rows["muon"]["seeds"] == 1
+  assert rows["muon"]["delta"] == pytest.approx(1.0 - 2.1)
+  assert rows["bad"]["val_loss"] is None and rows["bad"]["diverged"] == 1
+  assert rows["adamw"]["perplexity"] == pytest.approx(math.exp(2.1))
+  table = report.markdown_table(list(rows.values()), accuracy=True)
+  assert "diverged (1 of 0 runs)" not in table and "| bad | diverged" in table
+  assert "1.0000 (1 diverged)" in table
+
+
+def _grid_payload(losses):
+  """A campaign payload for lr_curves: ``losses[entry][lr]`` = per-seed losses (None: diverged)."""
+  runs = {}
+  for entry, by_lr in losses.items():
+    for lr, seeds in by_lr.items():
+      runs[study.lr_label(entry, lr)] = [
+          {"diverged": True, "final_val_loss": None, "eval_history": [], "time_per_step": None}
+          if v is None else _result(v) for v in seeds]
+  return {"rows": report.comparison_rows(runs, baseline="none")}
+
+
+def test_lr_curves_best_rate_and_band_within_two_percent():
+  losses = {"a": {1e-3: [3.0, 3.2], 1e-2: [2.0, 2.02], 1e-1: [2.03, 2.03]},
+            "b": {1e-3: [2.5, 2.5], 1e-2: [None, 1.0], 1e-1: [None, None]}}
+  grid = {"a": (1e-3, 1e-2, 1e-1), "b": (1e-3, 1e-2, 1e-1)}
+  curves = study.lr_curves(_grid_payload(losses), ["a", "b"], grid)
+  a, b = curves["a"], curves["b"]
+  assert a["points"][0][1:] == [pytest.approx(3.1), pytest.approx(0.1414, abs=1e-4), 2, 0]
+  assert a["band"]["best_lr"] == 1e-2 and a["band"]["lo"] == 1e-2 and a["band"]["hi"] == 1e-1
+  assert a["band"]["decades"] == pytest.approx(1.0)
+  # a rate where a seed diverged is not in the band, even with a low finished mean
+  assert b["band"]["best_lr"] == 1e-3 and b["band"]["decades"] == 0.0
+  assert study.best_learning_rates(curves) == {"a": 1e-2, "b": 1e-3}
+  table = study.lr_table(curves)
+  assert "| b | 2.500 ± 0.000 | 1.000 ± 0.000 (1 div.) | diverged |" in table
+  with pytest.raises(ValueError, match="every learning rate of 'c' diverged"):
+    study.best_learning_rates({"c": {"points": [], "band": {"best_lr": None}}})
+
+
+def test_versus_calls_overlapping_seeds_a_tie():
+  row = lambda m, s: {"val_loss": m, "val_loss_std": s}
+  assert study.versus(row(1.0, 0.01), row(1.1, 0.01)) == "lower"
+  assert study.versus(row(1.2, 0.01), row(1.1, 0.01)) == "higher"
+  assert study.versus(row(1.0, 0.06), row(1.1, 0.05)) == "tie"
+
+
+def test_lr_grid_entries_and_compare_entry_keys():
+  preset = compare.ComparePreset(model="ngpt", model_fields=dict(TINY_GPT), optimizers={},
+                                 steps=2, batch_size=2, seq_len=8, warmup_steps=0)
+  grid = study.lr_grid(preset, {"Muon": {"optimizer": "muon", "beta": 0.9,
+                                         "sphere_every": 3, "model_fields": {"gated": True}}},
+                       {"Muon": (0.01, 0.1)})
+  assert list(grid.optimizers) == ["Muon @ 0.01", "Muon @ 0.1"]
+  assert grid.baseline == "Muon @ 0.01"
+  config = compare.train_config(grid, "Muon @ 0.1", seed=2)
+  assert (config.optimizer, config.learning_rate, config.seed) == ("muon", 0.1, 2)
+  assert config.optimizer_hparams == {"beta": 0.9}
+  assert config.sphere_every == 3 and config.model_fields["gated"] is True
+  with pytest.raises(ValueError, match="no learning rates for"):
+    study.lr_grid(preset, {"x": {}}, {})
+
+
+# --- campaigns --------------------------------------------------------------------
+
+
+def test_run_campaign_reads_a_finished_campaign_back(tmp_path, monkeypatch):
+  preset = compare.get_preset("smoke")
+  preset = dataclasses.replace(preset, optimizers={"adamw": {"learning_rate": 3e-3}}, steps=2)
+  first = study.run_campaign(str(tmp_path), "c", preset, log=None)
+  assert first["rows"][0]["val_accuracy"] is not None
+  monkeypatch.setattr(compare, "run_comparison", lambda *a, **k: pytest.fail("reran"))
+  lines = []
+  again = study.run_campaign(str(tmp_path), "c", preset, log=lines.append)
+  assert again["rows"] == json.loads(json.dumps(first["rows"]))
+  assert lines and "already done" in lines[0]
+  with pytest.raises(ValueError, match="preset differs"):
+    study.run_campaign(str(tmp_path), "c", dataclasses.replace(preset, steps=3), log=None)
+
+
+# --- sphere updates ---------------------------------------------------------------
+
+
+def _unit_rows(key, n, d):
+  w = jax.random.normal(key, (n, d))
+  return w / jnp.linalg.norm(w, axis=1, keepdims=True)
+
+
+def test_geodesic_norm_rule_moves_each_vector_by_its_step_length():
+  w = _unit_rows(jax.random.key(0), 5, 8)
+  delta = 0.05 * jax.random.normal(jax.random.key(1), (5, 8))
+  stage = sphere_projection({"w": 1}, mode="geodesic", theta="norm")
+  u, _ = stage.update({"w": delta}, stage.init({"w": w}), {"w": w})
+  new = w + u["w"]
+  np.testing.assert_allclose(np.linalg.norm(new, axis=1), 1.0, rtol=1e-5)
+  angle = np.arccos(np.clip(np.sum(np.asarray(w * new), axis=1), -1, 1))
+  np.testing.assert_allclose(angle, np.linalg.norm(delta, axis=1), rtol=1e-3)
+
+
+def test_geodesic_lr_rule_uses_the_schedule_and_lazy_projection_waits():
+  w = _unit_rows(jax.random.key(0), 4, 6)
+  delta = 0.3 * jax.random.normal(jax.random.key(1), (4, 6))
+  stage = sphere_projection({"w": 1}, mode="geodesic", theta="lr",
+                            learning_rate=optax.constant_schedule(0.1))
+  u, _ = stage.update({"w": delta}, stage.init({"w": w}), {"w": w})
+  cosines = np.sum(np.asarray(w * (w + u["w"])), axis=1)
+  np.testing.assert_allclose(cosines, np.cos(0.1), rtol=1e-5)
+
+  lazy = sphere_projection({"w": 1}, every=3)
+  state, params, norms = lazy.init({"w": w}), {"w": w}, []
+  for _ in range(3):
+    u, state = lazy.update({"w": 0.5 * delta}, state, params)
+    params = optax.apply_updates(params, u)
+    norms.append(np.linalg.norm(params["w"], axis=1))
+  assert not np.allclose(norms[0], 1.0) and not np.allclose(norms[1], 1.0)
+  np.testing.assert_allclose(norms[2], 1.0, rtol=1e-5)
+
+
+def test_sphere_fields_are_checked():
+  with pytest.raises(ValueError, match="sphere_update must be one of"):
+    _config(sphere_update="retract")
+  with pytest.raises(ValueError, match="sphere_every .* applies to"):
+    _config(sphere_update="geodesic", sphere_every=2)
+  with pytest.raises(ValueError, match="sphere_every must be a positive int"):
+    _config(sphere_every=0)
+  with pytest.raises(ValueError, match="apply to models with unit-sphere weights"):
+    lower_train_step(_config(sphere_every=2))
+
+
+# --- the study scripts ----------------------------------------------------------------
+
+
+def _run_script(name, tmp_path):
+  out = tmp_path / name
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", f"{name}.py"), "--preset", "smoke",
+         "--out", str(out), "--cache", str(tmp_path / "xla"), "--quiet"]
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+  report_text = (out / "report.md").read_text()
+  summary = json.loads((out / "study.json").read_text())
+  return out, report_text, summary
+
+
+def test_lr_sensitivity_study_smoke(tmp_path):
+  out, text, summary = _run_script("study_lr_sensitivity", tmp_path)
+  assert set(summary["curves"]) == {"AdamW", "MuonMax-Momo"}
+  for curve in summary["curves"].values():
+    assert [p[0] for p in curve["points"]] == [1e-3, 1e-2]
+    assert all(p[1] is None or math.isfinite(p[1]) for p in curve["points"])
+  assert "| AdamW |" in text and (out / "lr_sensitivity.png").stat().st_size > 0
+  assert (out / "grid" / "results.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,tables", [
+    ("study_looped", {"loopformer_short", "loopformer_long", "mor_long", "hyperloop_long"}),
+    ("study_moe", {"sensitivity_beta", "sensitivity_ns_steps", "hybrid", "ablation",
+                   "activations"}),
+    ("study_ngpt", {"gated", "geodesic", "features", "lazy"}),
+])
+def test_study_smoke(tmp_path, name, tables):
+  out, text, summary = _run_script(name, tmp_path)
+  assert set(summary["tables"]) == tables
+  for rows in summary["tables"].values():
+    assert rows and all(r["val_loss"] is None or math.isfinite(r["val_loss"]) for r in rows)
+  assert text.count("\n## ") >= len(tables)
