@@ -219,6 +219,24 @@ def published_comparison(short: dict) -> str:
       our_cells = (f"{r['val_loss']:.4f} ± {r['val_loss_std']:.4f} | {r['delta']:+.4f} | "
                    f"{r['time_ratio']:.2f}×")
     lines.append(f"| {name} | {pub_cells} | {our_cells} |")
+  published_order = sorted(PUBLISHED, key=lambda n: PUBLISHED[n][0])
+  finished = [n for n in published_order if ours.get(n) and ours[n]["val_loss"] is not None]
+  our_order = sorted(finished, key=lambda n: ours[n]["val_loss"])
+  lines += ["", f"Ordering by final loss — published: {' < '.join(published_order)}; ours (same "
+            f"optimizers): {' < '.join(our_order)}. "
+            + ("The orderings agree." if our_order == [n for n in published_order if n in finished]
+               else "The orderings disagree.")]
+  if ours.get("adamw") and ours["adamw"]["val_loss"] is not None:
+    better = [n for n in finished if n != "adamw"
+              and study.versus(ours[n], ours["adamw"]) == "lower"]
+    lines.append(f"Published: no variant beat AdamW at 50 steps. Ours: "
+                 + (f"{', '.join(better)} beat AdamW beyond the seeds' spread."
+                    if better else "no variant beat AdamW beyond the seeds' spread."))
+  ratios = {n: ours[n]["time_ratio"] for n in finished if n != "adamw"}
+  if ratios:
+    lines.append("Time per step relative to AdamW — published: "
+                 + ", ".join(f"{n} {PUBLISHED[n][1]:.1f}×" for n in published_order if n != "adamw")
+                 + "; ours: " + ", ".join(f"{n} {ratios[n]:.2f}×" for n in ratios) + ".")
   lines += ["", "Losses are not comparable across the two columns in absolute terms (published: GPT-2 "
             "vocabulary of 50,257 tokens, where 10.8 ≈ ln 50257 is barely below the uniform "
             "loss; ours: a byte-level vocabulary on the stdlib corpus); the Δ ordering and the time "
