@@ -32,7 +32,8 @@ Each study is a thin script over `muonjax.study` / `muonjax.compare` (every run 
 CPU; `--preset smoke` runs every campaign in seconds (the tests run it); `--preset paper` scales to the
 published model sizes for a GPU (pass `--data` with real token shards). Results land in
 `experiments/results/<study>/`: one folder per campaign (`results.json` with every run, `table.md`,
-`curves.png`), the study's `report.md` (all tables, the facts of the runs, the comparison with the
+`curves.png`; the per-step JSONL logs are written there too but not committed, for size), the study's
+`report.md` (all tables, the facts of the runs, the comparison with the
 published claims) and `study.json` (the summary). A rerun reads finished campaigns back, so an interrupted
 study resumes; delete a campaign folder to redo it. This page is written by `python experiments/index.py`
 from those files.

@@ -162,7 +162,8 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping]], path: str, *, title: str 
   if title:
     ax.set_title(title)
   ax.grid(alpha=0.3)
-  ax.legend()
+  if len(runs) <= 16:  # a learning-rate grid's dozens of lines get no legend
+    ax.legend(fontsize=7 if len(runs) > 8 else None)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
