@@ -168,33 +168,44 @@ def run_comparison(preset: ComparePreset, out_dir: str, *,
                     final_val_accuracy=None, time_per_step=None, eval_history=[],
                     config=config.to_dict())
     runs[name].append(result)
+  payload = {
+      "preset": dataclasses.asdict(preset) | {"seeds": list(preset.seeds)},
+      "wall_time": time.perf_counter() - start,
+      "runs": runs,
+  }
+  return write_report(payload, out_dir)
+
+
+def write_report(payload: dict, out_dir: str) -> dict:
+  """Fills ``rows``, ``table`` and ``header`` of a comparison from its ``runs`` and writes
+  ``table.md``, ``curves.png`` and ``results.json`` into ``out_dir``.
+
+  :func:`run_comparison` ends with it; calling it on a finished comparison's
+  ``results.json`` dict redoes the report with this version's table code (no
+  training). Returns the updated payload.
+  """
+  preset, runs = payload["preset"], payload["runs"]
   summaries = {name: [summary(r) for r in results] for name, results in runs.items()}
-  rows = report.comparison_rows(summaries, baseline=preset.baseline)
-  table = report.markdown_table(rows, baseline=preset.baseline)
+  rows = report.comparison_rows(summaries, baseline=preset["baseline"])
+  table = report.markdown_table(rows, baseline=preset["baseline"])
   first = next((r for results in runs.values() for r in results if not r.get("diverged")),
                None)
   if first is None:
     raise ValueError(f"every run of the comparison in {out_dir} diverged")
   machine, versions = first["machine"], first["versions"]
-  tokens = preset.steps * preset.batch_size * preset.seq_len
-  header = (f"model {preset.model} ({first['n_params']:,} params), {preset.steps} steps × "
-            f"{preset.batch_size}×{preset.seq_len} tokens = {tokens:,} tokens, "
-            f"seeds {list(preset.seeds)}, "
+  tokens = preset["steps"] * preset["batch_size"] * preset["seq_len"]
+  header = (f"model {preset['model']} ({first['n_params']:,} params), {preset['steps']} steps × "
+            f"{preset['batch_size']}×{preset['seq_len']} tokens = {tokens:,} tokens, "
+            f"seeds {list(preset['seeds'])}, "
             f"data {first['data'].get('kind')} (sha256 {str(first['data'].get('sha256'))[:12]}), "
             f"{machine.get('device_kind', '')} × {machine.get('device_count', 1)} "
             f"({machine.get('cpu_count')} CPUs, {machine.get('platform', '')}), "
             f"jax {versions.get('jax')}, flax {versions.get('flax')}, optax {versions.get('optax')}")
-  report.plot_curves(summaries, os.path.join(out_dir, "curves.png"), title=f"{preset.model}")
+  report.plot_curves(summaries, os.path.join(out_dir, "curves.png"), title=f"{preset['model']}")
   with open(os.path.join(out_dir, "table.md"), "w") as f:
     f.write(header + "\n\n" + table + "\n")
-  payload = {
-      "preset": dataclasses.asdict(preset) | {"seeds": list(preset.seeds)},
-      "rows": rows,
-      "table": table,
-      "header": header,
-      "wall_time": time.perf_counter() - start,
-      "runs": runs,
-  }
+  payload = dict(payload, rows=rows, table=table, header=header)
+  results_path = os.path.join(out_dir, "results.json")
   tmp = results_path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(payload, f, indent=1, default=str)

@@ -48,7 +48,7 @@ def comparison_rows(runs: Mapping[str, Sequence[Mapping]], baseline: str = "adam
     ``delta`` (vs the baseline's mean), ``time_per_step_ms``, ``time_ratio``,
     and ``steps_to_baseline`` (lower median over seeds of the first step reaching the
     baseline's mean final loss; ``None`` when fewer than half of the seeds reach
-    it).
+    it; the baseline's own row has its last evaluated step).
   """
   def finished(results):
     return [r for r in results if not r.get("diverged")]
@@ -69,7 +69,10 @@ def comparison_rows(runs: Mapping[str, Sequence[Mapping]], baseline: str = "adam
     loss, loss_std = _mean_std([r["final_val_loss"] for r in results])
     time_per_step = _mean_std([r["time_per_step"] for r in results])[0]
     reach = None
-    if base_loss is not None:
+    if name == baseline:  # the target is its own mean final loss: reached at the end
+      reach = max((int(r["eval_history"][-1][0]) for r in results if r["eval_history"]),
+                  default=None)
+    elif base_loss is not None:
       steps = [steps_to_reach(r["eval_history"], base_loss) for r in all_results]
       reached = sorted(s for s in steps if s is not None)
       if 2 * len(reached) >= len(steps) and reached:

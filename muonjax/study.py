@@ -72,7 +72,7 @@ def run_campaign(root: str, name: str, preset: ComparePreset, *,
                        "delete that folder to rerun it")
     if log:
       log(f"[{name}] already done: {path}")
-    return payload
+    return compare.write_report(payload, folder)  # the tables with this version's code
   on_run = None
   if log:
     def on_run(entry: str, seed: int):
