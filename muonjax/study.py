@@ -164,7 +164,11 @@ def best_learning_rates(curves: Mapping[str, Mapping]) -> dict[str, float]:
 
 
 def lr_table(curves: Mapping[str, Mapping]) -> str:
-  """Markdown: per entry, the loss at every rate, the best rate and the 2 % band."""
+  """Markdown: per entry, the loss at every rate, the best rate and the 2 % band.
+
+  A best rate at either end of its grid is marked "(grid edge)": the optimum
+  may lie outside the grid.
+  """
   rates = sorted({p[0] for c in curves.values() for p in c["points"]})
   head = "| method | " + " | ".join(f"{lr:g}" for lr in rates) + \
          " | best lr | best loss | band within 2 % | width (decades) |"
@@ -184,7 +188,9 @@ def lr_table(curves: Mapping[str, Mapping]) -> str:
     if b["best_lr"] is None:
       tail = "— | — | — | — |"
     else:
-      tail = (f"{b['best_lr']:g} | {b['best_loss']:.4f} | [{b['lo']:g}, {b['hi']:g}] | "
+      grid = [p[0] for p in curve["points"]]
+      edge = " (grid edge)" if len(grid) > 1 and b["best_lr"] in (min(grid), max(grid)) else ""
+      tail = (f"{b['best_lr']:g}{edge} | {b['best_loss']:.4f} | [{b['lo']:g}, {b['hi']:g}] | "
               f"{b['decades']:.2f} |")
     lines.append(f"| {entry} | " + " | ".join(cells) + " | " + tail)
   return "\n".join(lines)

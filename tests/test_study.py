@@ -149,7 +149,8 @@ def test_lr_curves_best_rate_and_band_within_two_percent():
   assert b["band"]["best_lr"] == 1e-3 and b["band"]["decades"] == 0.0
   assert study.best_learning_rates(curves) == {"a": 1e-2, "b": 1e-3}
   table = study.lr_table(curves)
-  assert "| b | 2.500 ± 0.000 | 1.000 ± 0.000 (1 div.) | diverged |" in table
+  assert "| b | 2.500 ± 0.000 | 1.000 ± 0.000 (1 div.) | diverged | 0.001 (grid edge) |" in table
+  assert "| 0.01 | 2.0100 |" in table  # a's best is inside its grid: no edge mark
   with pytest.raises(ValueError, match="every learning rate of 'c' diverged"):
     study.best_learning_rates({"c": {"points": [], "band": {"best_lr": None}}})
 
