@@ -103,6 +103,15 @@ def run(args, log) -> dict:
                        title="nGPT: Muon vs Adam, post-step projection")
   muon_best = muon(learning_rate=best["Muon"])
 
+  # 1b. is Muon held back by its AdamW branch (eigen-rates, scales, embeddings)?
+  branch = study.run_campaign(root, "adam_branch", dataclasses.replace(
+      base(gated=gated_paper), optimizers={
+          "adam": dict(adam, learning_rate=best["Adam"]),
+          f"muon, AdamW branch {ADAM_BRANCH_LR:g}": muon_best,
+          f"muon, AdamW branch {best['Adam']:g} (Adam's best)": dict(
+              muon_best, adam_learning_rate=best["Adam"])},
+      baseline="adam"), log=log)
+
   # 2. gated nGPT at the tuned rates.
   gated = study.run_campaign(root, "gated", dataclasses.replace(
       base(gated=True), optimizers={"adam": dict(adam, learning_rate=best["Adam"]),
@@ -154,6 +163,10 @@ def run(args, log) -> dict:
       f"Muon's AdamW branch (embeddings, eigen-rates, scales) runs at {ADAM_BRANCH_LR:g}; Adam "
       "has no weight decay (nGPT). Plot: `lr_sweep/lr.png`.", "",
       study.lr_table(curves), "",
+      study.campaign_markdown(branch, "1b. Muon's AdamW branch at Adam's tuned rate",
+                              note="nGPT's eigen-learning-rates, scaling vectors and embeddings "
+                                   "are in Muon's AdamW branch; this checks whether its rate, "
+                                   "not Muon, explains the gap to Adam."),
       study.campaign_markdown(gated, "2. Gated nGPT at the tuned rates"),
       study.campaign_markdown(geodesic, "3. Geodesic updates (Muon, tuned lr)",
                               note="The sphere stage acts on every constrained vector, the "
@@ -165,14 +178,15 @@ def run(args, log) -> dict:
                               note="Plot: `lazy/frequency.png`. Baseline: Adam projected "
                                    "every step."),
       "## Against the published plan", "", PUBLISHED, "",
-      claims(curves, gated, geodesic, features, lazy_curves), "",
+      claims(curves, branch, gated, geodesic, features, lazy, p.lazy_every), "",
   ]
   summary = dict(preset=args.preset, seeds=seeds, best_learning_rates=best, lr_curves=curves,
                  lazy=lazy_curves,
-                 tables={n: c["rows"] for n, c in (("gated", gated), ("geodesic", geodesic),
+                 tables={n: c["rows"] for n, c in (("adam_branch", branch), ("gated", gated),
+                                                   ("geodesic", geodesic),
                                                    ("features", features), ("lazy", lazy))})
   study.write_report(root, "Study 3: Muon on nGPT", sections, summary, intro=INTRO,
-                     campaigns=[sweep, gated, geodesic, features, lazy])
+                     campaigns=[sweep, branch, gated, geodesic, features, lazy])
   return summary
 
 
@@ -187,8 +201,9 @@ def _cell(payload, entry):
   return [r["val_loss"], r["val_loss_std"], r["seeds"], r["diverged"]]
 
 
-def claims(curves, gated, geodesic, features, lazy_curves) -> str:
+def claims(curves, branch, gated, geodesic, features, lazy, lazy_every) -> str:
   lines = []
+  spread = {"lower": "better", "higher": "worse", "tie": "within the seeds' spread"}
   muon, adam = curves["Muon"]["band"], curves["Adam"]["band"]
   if muon["best_loss"] is not None and adam["best_loss"] is not None:
     def at_best(name):
@@ -199,12 +214,16 @@ def claims(curves, gated, geodesic, features, lazy_curves) -> str:
                    study.versus(at_best("Muon"), at_best("Adam"))]
     lines.append(f"- Muon beats Adam (nGPT): best {muon['best_loss']:.4f} (lr {muon['best_lr']:g}) "
                  f"vs {adam['best_loss']:.4f} (lr {adam['best_lr']:g}) — {verdict}.")
+  adam_row = study.row(branch, "adam")
+  for r in branch["rows"]:
+    if r["optimizer"] != "adam" and r["val_loss"] is not None:
+      lines.append(f"- {r['optimizer']}: {r['val_loss']:.4f} ± {r['val_loss_std']:.4f} vs Adam "
+                   f"{adam_row['val_loss']:.4f} — {spread[study.versus(r, adam_row)]}.")
   g_muon, g_adam = study.row(gated, "muon"), study.row(gated, "adam")
   if g_muon["val_loss"] is not None and g_adam["val_loss"] is not None:
-    verdict = {"lower": "Muon better", "higher": "Adam better",
-               "tie": "within the seeds' spread"}[study.versus(g_muon, g_adam)]
     lines.append(f"- Gated nGPT: Muon {g_muon['val_loss']:.4f} ± {g_muon['val_loss_std']:.4f} vs "
-                 f"Adam {g_adam['val_loss']:.4f} ± {g_adam['val_loss_std']:.4f} — {verdict}.")
+                 f"Adam {g_adam['val_loss']:.4f} ± {g_adam['val_loss_std']:.4f} — Muon "
+                 f"{spread[study.versus(g_muon, g_adam)]}.")
   if muon["best_lr"] is not None:
     lines.append(f"- Muon's best lr {muon['best_lr']:g} vs modded-nanogpt's 0.023 — the plan "
                  f"expected higher: {'agrees' if muon['best_lr'] > 0.023 else 'disagrees'}.")
@@ -213,18 +232,24 @@ def claims(curves, gated, geodesic, features, lazy_curves) -> str:
     r = study.row(geodesic, name)
     if projection["val_loss"] is not None and r["val_loss"] is not None:
       rel = 100 * (r["val_loss"] - projection["val_loss"]) / projection["val_loss"]
-      verdict = {"lower": "better", "higher": "worse",
-                 "tie": "within the seeds' spread"}[study.versus(r, projection)]
-      lines.append(f"- {name}: {rel:+.2f} % vs projection, {verdict} (plan expected −1 to −3 %).")
+      lines.append(f"- {name}: {rel:+.2f} % vs projection, {spread[study.versus(r, projection)]} "
+                   "(plan expected −1 to −3 %).")
+  base = study.row(features, "Muon (NS5)")
   finished = [r for r in features["rows"] if r["val_loss"] is not None]
-  if finished:
+  if finished and base["val_loss"] is not None:
     b = min(finished, key=lambda r: r["val_loss"])
-    lines.append(f"- Best feature set: {b['optimizer']} ({b['val_loss']:.4f}); the plan expected "
-                 "NorMuon + Polar Express.")
+    lines.append(f"- Best feature set: {b['optimizer']} ({b['val_loss']:.4f}), "
+                 f"{spread[study.versus(b, base)]} against plain Muon; the plan expected "
+                 "NorMuon + Polar Express to be best.")
   for name in ("Muon", "Adam"):
-    k = lazy_curves[name]["band"]["best_lr"]
-    if k is not None:
-      lines.append(f"- Best projection period for {name}: every {k} steps (Adam's published: 7).")
+    rows = [study.row(lazy, f"{name}, every {k}") for k in lazy_every]
+    rows = [r for r in rows if r["val_loss"] is not None]
+    if rows:
+      b = min(rows, key=lambda r: r["val_loss"])
+      every = study.row(lazy, f"{name}, every {lazy_every[0]}")
+      lines.append(f"- Best projection period for {name}: {b['optimizer'].split(', ')[1]} "
+                   f"({spread[study.versus(b, every)]} against every {lazy_every[0]}; the plan's "
+                   "Adam optimum: every 7).")
   return "\n".join(lines)
 
 

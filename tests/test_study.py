@@ -273,7 +273,7 @@ def test_lr_sensitivity_study_smoke(tmp_path):
     ("study_looped", {"loopformer_short", "loopformer_long", "mor_long", "hyperloop_long"}),
     ("study_moe", {"sensitivity_beta", "sensitivity_ns_steps", "hybrid", "ablation",
                    "activations"}),
-    ("study_ngpt", {"gated", "geodesic", "features", "lazy"}),
+    ("study_ngpt", {"adam_branch", "gated", "geodesic", "features", "lazy"}),
 ])
 def test_study_smoke(tmp_path, name, tables):
   out, text, summary = _run_script(name, tmp_path)
