@@ -101,15 +101,16 @@ def run(args, log) -> dict:
   best = study.best_learning_rates(curves)
   study.plot_lr_curves(curves, os.path.join(root, "lr_sweep", "lr.png"),
                        title="nGPT: Muon vs Adam, post-step projection")
-  muon_best = muon(learning_rate=best["Muon"])
+  muon_default_branch = muon(learning_rate=best["Muon"])
+  # Campaigns 2-5 run Muon's AdamW branch at Adam's tuned rate (campaign 1b shows why).
+  muon_best = dict(muon_default_branch, adam_learning_rate=best["Adam"])
 
   # 1b. is Muon held back by its AdamW branch (eigen-rates, scales, embeddings)?
   branch = study.run_campaign(root, "adam_branch", dataclasses.replace(
       base(gated=gated_paper), optimizers={
           "adam": dict(adam, learning_rate=best["Adam"]),
-          f"muon, AdamW branch {ADAM_BRANCH_LR:g}": muon_best,
-          f"muon, AdamW branch {best['Adam']:g} (Adam's best)": dict(
-              muon_best, adam_learning_rate=best["Adam"])},
+          f"muon, AdamW branch {ADAM_BRANCH_LR:g}": muon_default_branch,
+          f"muon, AdamW branch {best['Adam']:g} (Adam's best)": muon_best},
       baseline="adam"), log=log)
 
   # 2. gated nGPT at the tuned rates.
@@ -167,6 +168,8 @@ def run(args, log) -> dict:
                               note="nGPT's eigen-learning-rates, scaling vectors and embeddings "
                                    "are in Muon's AdamW branch; this checks whether its rate, "
                                    "not Muon, explains the gap to Adam."),
+      f"Campaigns 2–5 run Muon at lr {best['Muon']:g} with its AdamW branch at Adam's tuned "
+      f"rate {best['Adam']:g}.", "",
       study.campaign_markdown(gated, "2. Gated nGPT at the tuned rates"),
       study.campaign_markdown(geodesic, "3. Geodesic updates (Muon, tuned lr)",
                               note="The sphere stage acts on every constrained vector, the "
