@@ -215,8 +215,10 @@ def claims(curves, branch, gated, geodesic, features, lazy, lazy_every) -> str:
     verdict = {"lower": "agrees", "higher": "disagrees",
                "tie": "inconclusive (within the seeds' spread)"}[
                    study.versus(at_best("Muon"), at_best("Adam"))]
-    lines.append(f"- Muon beats Adam (nGPT): best {muon['best_loss']:.4f} (lr {muon['best_lr']:g}) "
-                 f"vs {adam['best_loss']:.4f} (lr {adam['best_lr']:g}) — {verdict}.")
+    lines.append(f"- Muon beats Adam (nGPT), lr sweep with Muon's AdamW branch at "
+                 f"{ADAM_BRANCH_LR:g}: best {muon['best_loss']:.4f} (lr {muon['best_lr']:g}) "
+                 f"vs {adam['best_loss']:.4f} (lr {adam['best_lr']:g}) — {verdict}; with the "
+                 "branch at Adam's rate (1b):")
   adam_row = study.row(branch, "adam")
   for r in branch["rows"]:
     if r["optimizer"] != "adam" and r["val_loss"] is not None:
