@@ -60,7 +60,7 @@ class Preset:
 
 PRESETS = {
     "cpu": Preset(model="gpt", model_fields=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256),
-                  steps=250, batch_size=8, seq_len=64, seeds=3, eval_batches=4),
+                  steps=200, batch_size=8, seq_len=64, seeds=3, eval_batches=4),
     "smoke": Preset(model="gpt", model_fields=dict(d_model=16, n_layers=1, n_heads=2, d_ff=32),
                     steps=3, batch_size=2, seq_len=8, seeds=1, eval_batches=1,
                     learning_rates=(1e-3, 1e-2), methods=("AdamW", "MuonMax-Momo"),
