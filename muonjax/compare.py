@@ -71,11 +71,6 @@ PRESETS: dict[str, ComparePreset] = {
 }
 
 
-# TrainConfig fields a compare entry may set for itself (the sphere stage of nGPT
-# runs belongs to the optimizer setting being compared).
-ENTRY_TRAIN_FIELDS = ("sphere_update", "sphere_every", "sphere_theta")
-
-
 def get_preset(name: str) -> ComparePreset:
   if name not in PRESETS:
     raise ValueError(f"unknown compare preset {name!r}; available: {sorted(PRESETS)}")
@@ -94,10 +89,13 @@ def train_config(preset: ComparePreset, optimizer: str, seed: int, *,
     ``{"muon (NS only)": {"optimizer": "muon", "momentum": 0.0, ...}}``;
   * ``"model_fields"``: model fields replacing the preset's for this entry,
     e.g. ``{"attention": "mhla"}``;
-  * :data:`ENTRY_TRAIN_FIELDS` (``sphere_update``, ``sphere_every``,
-    ``sphere_theta``): those :class:`~muonjax.train.TrainConfig` fields.
+  * ``sphere_update``, ``sphere_every``, ``sphere_theta``
+    (``muonjax.train.config.SPHERE_FIELDS``): those
+    :class:`~muonjax.train.TrainConfig` fields (the sphere stage of an nGPT run
+    belongs to the optimizer setting being compared).
   """
   from muonjax.train import TrainConfig
+  from muonjax.train.config import SPHERE_FIELDS
 
   hparams = dict(preset.optimizers[optimizer])
   if "learning_rate" not in hparams:
@@ -105,7 +103,7 @@ def train_config(preset: ComparePreset, optimizer: str, seed: int, *,
   learning_rate = hparams.pop("learning_rate")
   name = hparams.pop("optimizer", optimizer)
   fields = dict(preset.model_fields, **hparams.pop("model_fields", {}))
-  run_fields = {k: hparams.pop(k) for k in ENTRY_TRAIN_FIELDS if k in hparams}
+  run_fields = {k: hparams.pop(k) for k in SPHERE_FIELDS if k in hparams}
   return TrainConfig(
       model=preset.model, model_fields=fields, **run_fields,
       optimizer=name, optimizer_hparams=hparams, learning_rate=learning_rate,

@@ -166,8 +166,7 @@ def sphere_projection(model_or_axes: Any, *, mode: str = "project", every: int =
     theta: geodesic angle rule, ``"lr"`` or ``"norm"``.
     learning_rate: η of ``theta="lr"`` (float or schedule).
   """
-  check_choice("mode", mode, ("project", "geodesic"))
-  check_choice("theta", theta, ("lr", "norm"))
+  check_choice("theta", theta, ("lr", "norm"))  # mode and every: hypersphere checks them
   axes = (sphere_axes(model_or_axes)
           if isinstance(model_or_axes, (nnx.Module, nnx.State)) else model_or_axes)
   if mode == "project":

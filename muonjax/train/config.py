@@ -18,6 +18,8 @@ RESUMABLE_CHANGES = frozenset({
 MESH_AXES = ("data", "fsdp")
 SPHERE_UPDATES = ("project", "geodesic")
 SPHERE_THETAS = ("lr", "norm")
+# The fields of the sphere stage (models with unit-sphere weights only).
+SPHERE_FIELDS = ("sphere_update", "sphere_every", "sphere_theta")
 
 
 def _is_int(value: Any) -> bool:

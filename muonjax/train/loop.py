@@ -37,7 +37,7 @@ from muonjax import models
 from muonjax.models import eval_metrics, loss_and_metrics
 from muonjax.train import metrics as metrics_lib
 from muonjax.train.checkpoint import Checkpointer
-from muonjax.train.config import TrainConfig, first_mismatch
+from muonjax.train.config import SPHERE_FIELDS, TrainConfig, first_mismatch
 from muonjax.train.schedules import schedule_for
 
 ExtraArgsFn = Callable[[nnx.Module, dict], dict]
@@ -284,7 +284,8 @@ def _has_sphere(model: nnx.Module) -> bool:
 
 
 def _sphere_changed(config: TrainConfig) -> bool:
-  return (config.sphere_update, config.sphere_every, config.sphere_theta) != ("project", 1, "lr")
+  defaults = TrainConfig.__dataclass_fields__
+  return any(getattr(config, name) != defaults[name].default for name in SPHERE_FIELDS)
 
 
 def model_fields(config: TrainConfig, vocab_size: int) -> dict:
@@ -698,7 +699,8 @@ def train(
   if extra_args_fn is None:
     extra_args_fn = EXTRA_ARGS_FNS.get(config.optimizer)
   engine = _Engine(config, fields, extra_args_fn)
-  schedule = schedule_for(config)
+  # The logged lr of every step, evaluated once rather than op by op each step.
+  lrs = np.asarray(jax.vmap(schedule_for(config))(jnp.arange(config.steps)))
   stream = engine.stream(train_tokens)
   val_x, val_y = engine.val_batches(val_tokens)
   n_params, state = engine.n_params, engine.state
@@ -735,7 +737,7 @@ def train(
         new_state, out = engine.step(committed[0], x, y, step)
         out = jax.device_get(out)
         seconds = time.perf_counter() - t0
-        record = _record(config, step, out, float(schedule(step - 1)), seconds,
+        record = _record(config, step, out, float(lrs[step - 1]), seconds,
                          time.perf_counter() - wall_start)
         if not (bool(out["all_finite"]) and np.isfinite(out["grad_norm"])):
           record["error"] = "non-finite"
