@@ -155,6 +155,7 @@ def run_comparison(preset: ComparePreset, out_dir: str, *,
   os.makedirs(out_dir, exist_ok=True)
   corpus = data.load_corpus(preset.data)
   runs: dict[str, list[dict]] = {name: [] for name in preset.optimizers}
+  references = comparison_references(preset, corpus)
   start = time.perf_counter()
   for (name, seed), config in configs.items():
     config = dataclasses.replace(config, log_path=os.path.join(out_dir, f"{name}-seed{seed}.jsonl"))
@@ -169,9 +170,25 @@ def run_comparison(preset: ComparePreset, out_dir: str, *,
   payload = {
       "preset": dataclasses.asdict(preset) | {"seeds": list(preset.seeds)},
       "wall_time": time.perf_counter() - start,
+      "references": references,
       "runs": runs,
   }
   return write_report(payload, out_dir)
+
+
+def comparison_references(preset: ComparePreset, corpus) -> dict:
+  """Unigram/bigram losses (:func:`muonjax.data.reference_losses`) of the comparison's
+  evaluation tokens: the same validation batches every run is evaluated on."""
+  from muonjax import data
+  from muonjax.train import TrainConfig
+
+  val_fraction = TrainConfig.__dataclass_fields__["val_fraction"].default
+  train_tokens, val_tokens = data.split(corpus.tokens, val_fraction=val_fraction)
+  batches = data.eval_batches(val_tokens, batch_size=preset.batch_size, seq_len=preset.seq_len,
+                              n_batches=preset.eval_batches)
+  inputs = [b["inputs"] for b in batches]
+  targets = [b["targets"] for b in batches]
+  return data.reference_losses(train_tokens, inputs, targets, corpus.vocab_size)
 
 
 def write_report(payload: dict, out_dir: str) -> dict:
@@ -185,7 +202,8 @@ def write_report(payload: dict, out_dir: str) -> dict:
   preset, runs = payload["preset"], payload["runs"]
   summaries = {name: [summary(r) for r in results] for name, results in runs.items()}
   rows = report.comparison_rows(summaries, baseline=preset["baseline"])
-  table = report.markdown_table(rows, baseline=preset["baseline"])
+  table = report.markdown_table(rows, baseline=preset["baseline"],
+                                references=payload.get("references"))
   first = next((r for results in runs.values() for r in results if not r.get("diverged")),
                None)
   if first is None:

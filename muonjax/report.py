@@ -1,15 +1,22 @@
 """Side-by-side reports of training runs: the comparison table, results JSON and loss curves.
 
-The table has the columns of the LoopFormer-study table (seeds/looped-muon):
-final validation loss, its difference to the baseline (AdamW), time per step,
-time per step relative to the baseline, and the number of steps each run took
-to first reach the baseline's final validation loss.
+The table gives, per optimizer: the final validation loss (mean ± std over
+seeds), its paired difference to the baseline with a 95 % interval and a
+verdict (better / worse / tie by the interval, :mod:`muonjax.intervals`), the
+speed-up over the baseline measured in the baseline's own steps (how many
+steps the baseline needs to reach this run's final loss, per seed, geometric
+mean with its interval), time per step and its ratio to the baseline. With
+reference losses (the unigram and bigram cross-entropy of the evaluation
+tokens, :func:`muonjax.data.reference_losses`) a run that ends above the
+unigram loss is flagged: it learned only token frequencies.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Mapping, Optional, Sequence
+
+from muonjax import intervals
 
 
 def steps_to_reach(eval_history: Sequence[tuple[int, float]], target: float) -> Optional[int]:
@@ -46,9 +53,15 @@ def comparison_rows(runs: Mapping[str, Sequence[Mapping]], baseline: str = "adam
     ``val_accuracy`` and ``val_accuracy_std`` (when the results have
     ``final_val_accuracy``), ``perplexity`` (exp of the mean loss),
     ``delta`` (vs the baseline's mean), ``time_per_step_ms``, ``time_ratio``,
-    and ``steps_to_baseline`` (lower median over seeds of the first step reaching the
+    ``steps_to_baseline`` (lower median over seeds of the first step reaching the
     baseline's mean final loss; ``None`` when fewer than half of the seeds reach
-    it; the baseline's own row has its last evaluated step).
+    it; the baseline's own row has its last evaluated step), ``delta_interval``
+    (:func:`muonjax.intervals.paired_interval` of the per-seed losses against
+    the baseline's on the same seed: runs are paired by position, i.e. both
+    lists are in seed order), ``verdict`` and ``speedup``
+    (:func:`muonjax.intervals.log_interval` of the per-seed ratios of
+    :func:`muonjax.intervals.speedup`, plus ``at_least`` when the baseline
+    never reached a seed's final loss).
   """
   def finished(results):
     return [r for r in results if not r.get("diverged")]
@@ -64,7 +77,8 @@ def comparison_rows(runs: Mapping[str, Sequence[Mapping]], baseline: str = "adam
       rows.append({"optimizer": name, "seeds": len(all_results), "diverged": diverged,
                    "val_loss": None, "val_loss_std": None, "val_accuracy": None,
                    "val_accuracy_std": None, "perplexity": None, "delta": None,
-                   "time_per_step_ms": None, "time_ratio": None, "steps_to_baseline": None})
+                   "time_per_step_ms": None, "time_ratio": None, "steps_to_baseline": None,
+                   "delta_interval": None, "verdict": None, "speedup": None})
       continue
     loss, loss_std = _mean_std([r["final_val_loss"] for r in results])
     time_per_step = _mean_std([r["time_per_step"] for r in results])[0]
@@ -93,8 +107,29 @@ def comparison_rows(runs: Mapping[str, Sequence[Mapping]], baseline: str = "adam
         "time_per_step_ms": 1e3 * time_per_step,
         "time_ratio": None if base_time is None else time_per_step / base_time,
         "steps_to_baseline": reach,
+        **_paired(all_results, runs.get(baseline), is_baseline=name == baseline),
     })
   return rows
+
+
+def _paired(results: Sequence[Mapping], base: Optional[Sequence[Mapping]], *,
+            is_baseline: bool) -> dict:
+  """The paired-by-seed columns of one row (see :func:`comparison_rows`)."""
+  if is_baseline or not base or len(base) != len(results):
+    return {"delta_interval": None, "verdict": None, "speedup": None}
+  loss = lambda r: None if r.get("diverged") else r["final_val_loss"]
+  interval = intervals.paired_interval([loss(r) for r in results], [loss(b) for b in base])
+  ratios, bounds = [], []
+  for r, b in zip(results, base):
+    if r.get("diverged") or b.get("diverged") or not r["eval_history"]:
+      continue
+    s = intervals.speedup(r["eval_history"], b["eval_history"])
+    ratios.append(s["ratio"])
+    if s["at_least"] is not None:
+      bounds.append(s["at_least"])
+  speed = intervals.log_interval(ratios)
+  speed["at_least"] = min(bounds) if bounds else None
+  return {"delta_interval": interval, "verdict": intervals.verdict(interval), "speedup": speed}
 
 
 def _fmt(value, spec: str, none: str = "—") -> str:
@@ -111,34 +146,70 @@ def _pm(mean, std, seeds: int, spec: str) -> str:
   return format(mean, spec) + (f" ± {format(std, spec)}" if seeds > 1 else "")
 
 
+def _interval_cell(interval: Optional[Mapping], spec: str, suffix: str = "") -> str:
+  if not interval or interval.get("lo") is None:
+    return "—" if not interval or interval.get("mean") is None else (
+        format(interval["mean"], spec) + suffix + " (1 seed)")
+  return (f"{format(interval['mean'], spec)}{suffix} "
+          f"[{format(interval['lo'], spec)}, {format(interval['hi'], spec)}]")
+
+
+def _speedup_cell(row: Mapping) -> str:
+  speed = row.get("speedup")
+  if not speed:
+    return "—"
+  cell = _interval_cell(speed, ".2f", "×") if speed.get("mean") is not None else "—"
+  if speed.get("at_least") is not None:
+    note = f"≥ {speed['at_least']:.2f}× (baseline never reached it)"
+    cell = note if cell == "—" else f"{cell}; {note}"
+  return cell
+
+
+def reference_note(references: Optional[Mapping]) -> str:
+  """The line under a table naming the reference losses (empty without references)."""
+  if not references:
+    return ""
+  return (f"Reference losses of the evaluation tokens ({references['tokens']:,} tokens): "
+          f"unigram {references['unigram']:.4f}, bigram {references['bigram']:.4f} "
+          f"(token frequencies / token pairs of the training split, smoothed).")
+
+
 def markdown_table(rows: Sequence[Mapping], baseline: str = "adamw", *,
-                   accuracy: bool = False) -> str:
+                   accuracy: bool = False, references: Optional[Mapping] = None) -> str:
   """The rows of :func:`comparison_rows` as a Markdown table.
 
-  ``accuracy=True`` adds the validation accuracy and perplexity columns.
+  ``accuracy=True`` adds the validation accuracy and perplexity columns;
+  ``references`` (:func:`muonjax.data.reference_losses`) adds a line with the
+  unigram/bigram losses and flags every row whose loss is above the unigram's.
   """
   extra = " val accuracy | perplexity |" if accuracy else ""
   lines = [
-      f"| optimizer | final val loss | Δ vs {baseline} |{extra} time/step (ms) "
-      f"| ratio vs {baseline} | steps to {baseline}'s final loss |",
-      "|---|---|---|" + ("---|---|" if accuracy else "") + "---|---|---|",
+      f"| optimizer | final val loss | Δ vs {baseline} [95 % CI] | verdict |{extra} "
+      f"speed-up vs {baseline} [95 % CI] | time/step (ms) | ratio vs {baseline} |",
+      "|---|---|---|---|" + ("---|---|" if accuracy else "") + "---|---|---|",
   ]
+  unigram = references.get("unigram") if references else None
   for r in rows:
     if r["val_loss"] is None:
       lines.append(f"| {r['optimizer']} | diverged ({r['diverged']} of {r['seeds']} runs) |"
-                   + " — |" * (6 if accuracy else 4))
+                   + " — |" * (7 if accuracy else 5))
       continue
     cells = ""
     if accuracy:
       cells = (f" {_pm(r.get('val_accuracy'), r.get('val_accuracy_std'), r['seeds'], '.4f')} "
                f"| {r['perplexity']:.2f} |")
+    flag = (" (above the unigram loss: learned only token frequencies)"
+            if unigram is not None and r["val_loss"] > unigram else "")
+    own = r["optimizer"] == baseline
     lines.append(
         f"| {r['optimizer']} | {_pm(r['val_loss'], r['val_loss_std'], r['seeds'], '.4f')}"
-        f"{_diverged_note(r)} "
-        f"| {_fmt(r['delta'], '+.4f')} |{cells} {r['time_per_step_ms']:.1f} "
-        f"| {_fmt(r['time_ratio'], '.2f')}× "
-        f"| {_fmt(r['steps_to_baseline'], 'd', 'not reached')} |")
-  return "\n".join(lines)
+        f"{_diverged_note(r)}{flag} "
+        f"| {'baseline' if own else _interval_cell(r.get('delta_interval'), '+.4f')} "
+        f"| {'—' if own else r.get('verdict') or '—'} |{cells} "
+        f"{'1×' if own else _speedup_cell(r)} | {r['time_per_step_ms']:.1f} "
+        f"| {_fmt(r['time_ratio'], '.2f')}× |")
+  note = reference_note(references)
+  return "\n".join(lines) + (f"\n\n{note}" if note else "")
 
 
 def plot_curves(runs: Mapping[str, Sequence[Mapping]], path: str, *, title: str = "") -> str:

@@ -232,7 +232,7 @@ def campaign_markdown(payload: Mapping[str, Any], heading: str, *, note: str = "
   """A campaign's table under ``heading``: the facts line, an optional note, the table."""
   rows = payload["rows"]
   table = report.markdown_table(rows, baseline=baseline or payload["preset"]["baseline"],
-                                accuracy=accuracy)
+                                accuracy=accuracy, references=payload.get("references"))
   parts = [f"{level} {heading}", "", f"*{payload['header']}*", ""]
   if note:
     parts += [note, ""]

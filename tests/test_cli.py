@@ -68,6 +68,9 @@ def test_compare_smoke_preset_writes_a_consistent_report(tmp_path, capsys):
     assert rows[name]["time_per_step_ms"] == pytest.approx(1e3 * runs[0]["time_per_step"])
     assert np.isfinite(runs[0]["final_val_loss"])
   assert rows["muon"]["delta"] == pytest.approx(rows["muon"]["val_loss"] - rows["adamw"]["val_loss"])
+  refs = payload["references"]
+  assert refs["tokens"] > 0 and 0 < refs["bigram"] < refs["unigram"] < np.log(256)
+  assert f"unigram {refs['unigram']:.4f}" in payload["table"]
   # Never overwrite a finished comparison.
   assert cli.main(["compare", "--preset", "smoke", "--out", str(out), "--quiet"]) == 2
   assert "already exists" in capsys.readouterr().err

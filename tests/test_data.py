@@ -448,3 +448,37 @@ def test_stdlib_corpus_end_to_end():
   assert b["inputs"].max() < c.vocab_size
   v = data.eval_batches(val, batch_size=8, seq_len=32, n_batches=2)
   assert len(v) == 2 and v[0]["inputs"].shape == (8, 32)
+
+
+def test_reference_losses_against_counting_by_hand():
+  from muonjax.data import reference_losses
+
+  rng = np.random.default_rng(0)
+  train = rng.integers(0, 5, size=400)
+  inputs = rng.integers(0, 5, size=(3, 7))
+  targets = rng.integers(0, 5, size=(3, 7))
+  got = reference_losses(train, inputs, targets, vocab_size=6)
+  V, m = 6, 10.0
+  uni = np.array([(np.sum(train == v) + 1.0) / (train.size + V) for v in range(V)])
+  ce_uni, ce_bi = [], []
+  for a, b in zip(inputs.ravel(), targets.ravel()):
+    pair = sum(1 for s, t in zip(train[:-1], train[1:]) if s == a and t == b)
+    ctx = np.sum(train[:-1] == a)
+    ce_uni.append(-np.log(uni[b]))
+    ce_bi.append(-np.log((pair + m * uni[b]) / (ctx + m)))
+  assert got["tokens"] == 21
+  assert got["unigram"] == pytest.approx(np.mean(ce_uni), rel=1e-12)
+  assert got["bigram"] == pytest.approx(np.mean(ce_bi), rel=1e-12)
+
+
+def test_reference_losses_see_structure_and_reject_bad_tokens():
+  from muonjax.data import reference_losses
+
+  cycle = np.tile(np.arange(8), 200)  # every token determines the next
+  refs = reference_losses(cycle, cycle[:-1][None], cycle[1:][None], vocab_size=8)
+  assert refs["unigram"] == pytest.approx(np.log(8), rel=1e-3)
+  assert refs["bigram"] < 0.05
+  with pytest.raises(ValueError, match="outside"):
+    reference_losses(cycle, cycle[None], (cycle + 1)[None], vocab_size=8)
+  with pytest.raises(ValueError, match="one shape"):
+    reference_losses(cycle, cycle[None, :5], cycle[None, :4], vocab_size=8)

@@ -25,8 +25,10 @@ from muonjax.data.corpus import (
     write_shard,
 )
 from muonjax.data.pipeline import BatchStream, eval_batches, split
+from muonjax.data.references import reference_losses
 
 __all__ = [
+    "reference_losses",
     "BYTE_VOCAB_SIZE",
     "BatchStream",
     "Corpus",
