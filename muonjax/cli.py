@@ -1,7 +1,9 @@
 """The ``muonjax`` command.
 
 Sub-commands: ``compare`` (one model, several optimizers, same data and seeds:
-table, results.json and loss curves), ``train`` (one model × one optimizer),
+table, results.json and loss curves; ``--tune`` searches the learning rates
+first), ``tune`` (each optimizer's learning rate, equal budgets), ``train``
+(one model × one optimizer),
 ``sweep`` (a grid of learning rates or other hyperparameters), ``models``
 (the model zoo with parameter counts), ``bench`` (the benchmark suite) and
 ``demo`` (a small MLP with mj.muon and optax.adamw). Bad input prints one
@@ -194,7 +196,8 @@ def _train(args) -> int:
   return 0
 
 
-def _compare(args) -> int:
+def _comparison_preset(args):
+  """The :class:`muonjax.compare.ComparePreset` the ``compare``/``tune`` flags describe."""
   from muonjax import compare
 
   preset = compare.get_preset(args.preset)
@@ -229,8 +232,48 @@ def _compare(args) -> int:
     changes["mesh"] = args.mesh
   if "adamw" not in optimizers:
     changes["baseline"] = next(iter(optimizers))
-  preset = dataclasses.replace(preset, **changes)
+  return dataclasses.replace(preset, **changes)
+
+
+def _read_tune(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"--tune-from {path}: cannot read a tune.json ({e})") from None
+
+
+def _run_tune(preset, out: str, args) -> dict:
+  from muonjax import tune
+
+  tune.check_budget(args.budget)  # before the cache setting changes anything
+  tune.use_compilation_cache(args.cache)
+  progress = _Progress(args.quiet)
+  payload = tune.tune_preset(preset, out, budget=args.budget,
+                             on_run=lambda name, lr: progress(f"{name} lr {lr:g}", preset.steps))
+  print(payload["table"])
+  print(f"wrote {os.path.join(out, 'tune.json')}, tune.md")
+  return payload
+
+
+def _tune(args) -> int:
+  _run_tune(_comparison_preset(args), _run_dir(args.out, "tune"), args)
+  return 0
+
+
+def _compare(args) -> int:
+  from muonjax import compare, tune
+
+  preset = _comparison_preset(args)
   out = _run_dir(args.out, "compare")
+  tuned = None
+  if args.tune_from:
+    tuned = _read_tune(args.tune_from)
+  elif args.tune:
+    tuned = _run_tune(preset, os.path.join(out, "tune"), args)
+  if tuned is not None:
+    preset = dataclasses.replace(
+        preset, optimizers=tune.tuned_optimizers(preset.optimizers, tuned))
   progress = _Progress(args.quiet)
   payload = compare.run_comparison(
       preset, out, on_run=lambda name, seed: progress(f"{name} seed {seed}", preset.steps))
@@ -300,24 +343,39 @@ def _add_train_flags(p, *, lr: bool = True) -> None:
   p.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
 
 
+def _add_comparison_flags(p) -> None:
+  p.add_argument("--preset", default="default", help="default | smoke")
+  p.add_argument("--model")
+  p.add_argument("--set", action="append", metavar="FIELD=VALUE")
+  p.add_argument("--optimizers", type=_csv, help="comma-separated optimizer names")
+  p.add_argument("--lr", action="append", metavar="OPTIMIZER=LR",
+                 help="a learning rate (with tuning: the centre of the first grid)")
+  p.add_argument("--steps", type=_positive_int)
+  p.add_argument("--batch-size", type=_positive_int)
+  p.add_argument("--seq-len", type=_positive_int)
+  p.add_argument("--eval-every", type=_positive_int)
+  p.add_argument("--seeds", type=lambda t: _csv(t, int))
+  p.add_argument("--data")
+  p.add_argument("--mesh", type=_mesh, metavar="data=D,fsdp=F", help=_MESH_HELP)
+  p.add_argument("--budget", type=_positive_int, default=7,
+                 help="tuning: runs per optimizer, the same for every one (>= 3)")
+  p.add_argument("--cache", help="tuning: JAX compilation cache folder "
+                 "(default ~/.cache/muonjax/xla)")
+  p.add_argument("--out")
+  p.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="muonjax", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", parser_class=_Parser)
   compare = sub.add_parser("compare", help="train one model with several optimizers, side by side")
-  compare.add_argument("--preset", default="default", help="default | smoke")
-  compare.add_argument("--model")
-  compare.add_argument("--set", action="append", metavar="FIELD=VALUE")
-  compare.add_argument("--optimizers", type=_csv, help="comma-separated optimizer names")
-  compare.add_argument("--lr", action="append", metavar="OPTIMIZER=LR")
-  compare.add_argument("--steps", type=_positive_int)
-  compare.add_argument("--batch-size", type=_positive_int)
-  compare.add_argument("--seq-len", type=_positive_int)
-  compare.add_argument("--eval-every", type=_positive_int)
-  compare.add_argument("--seeds", type=lambda t: _csv(t, int))
-  compare.add_argument("--data")
-  compare.add_argument("--mesh", type=_mesh, metavar="data=D,fsdp=F", help=_MESH_HELP)
-  compare.add_argument("--out")
-  compare.add_argument("--quiet", action="store_true")
+  _add_comparison_flags(compare)
+  compare.add_argument("--tune", action="store_true",
+                       help="tune every optimizer's learning rate first (see `muonjax tune`)")
+  compare.add_argument("--tune-from", metavar="TUNE_JSON",
+                       help="take every optimizer's learning rate from a `muonjax tune` result")
+  tune = sub.add_parser("tune", help="search every optimizer's learning rate with equal budgets")
+  _add_comparison_flags(tune)
   train = sub.add_parser("train", help="train one model with one optimizer")
   _add_train_flags(train)
   train.add_argument("--checkpoint-every", type=int, default=0)
@@ -350,8 +408,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
       parser.print_help()
       return 2
-    commands = {"demo": _demo, "compare": _compare, "train": _train, "sweep": _sweep,
-                "models": _models}
+    commands = {"demo": _demo, "compare": _compare, "tune": _tune, "train": _train,
+                "sweep": _sweep, "models": _models}
     return commands[args.command](args)
   except UsageError as e:
     print(str(e), file=sys.stderr)

@@ -31,22 +31,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from muonjax import compare, report, sweep
 from muonjax.compare import ComparePreset
-
-
-def use_compilation_cache(path: Optional[str] = None) -> str:
-  """Turns on JAX's persistent compilation cache (default ``~/.cache/muonjax/xla``).
-
-  Runs that differ only in the seed compile to the same program, so every seed
-  after the first of a cell skips compilation. Returns the folder.
-  """
-  import jax
-
-  path = path or os.path.join(os.path.expanduser("~"), ".cache", "muonjax", "xla")
-  os.makedirs(path, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  return path
+from muonjax.tune import use_compilation_cache  # re-exported: the study scripts call it
 
 
 def run_campaign(root: str, name: str, preset: ComparePreset, *,

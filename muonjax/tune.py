@@ -48,6 +48,13 @@ def _loss_key(loss: Optional[float]) -> float:
   return math.inf if loss is None or not math.isfinite(loss) else loss
 
 
+def check_budget(budget) -> int:
+  """``budget`` if it is a whole number of runs >= 3 (the first grid), else ``ValueError``."""
+  if isinstance(budget, bool) or not isinstance(budget, int) or budget < 3:
+    raise ValueError(f"budget must be an integer >= 3 (the first grid); got {budget!r}")
+  return budget
+
+
 def search_learning_rate(evaluate: Callable[[float], Optional[float]], start: float, *,
                          budget: int = DEFAULT_BUDGET) -> dict:
   """Searches the learning rate minimizing ``evaluate`` (see the module doc).
@@ -67,8 +74,7 @@ def search_learning_rate(evaluate: Callable[[float], Optional[float]], start: fl
   """
   if not (isinstance(start, (int, float)) and math.isfinite(start) and start > 0):
     raise ValueError(f"start must be a positive finite learning rate; got {start!r}")
-  if not isinstance(budget, int) or budget < 3:
-    raise ValueError(f"budget must be an integer >= 3 (the first grid); got {budget!r}")
+  check_budget(budget)
   tried: dict[int, Optional[float]] = {}
 
   def run(k: int) -> None:
@@ -139,6 +145,7 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
   from muonjax import compare, data
   from muonjax.train import NonFiniteLossError, train
 
+  check_budget(budget)
   path = os.path.join(out_dir, "tune.json")
   if os.path.exists(path):
     raise ValueError(f"{path} already exists; choose another --out")

@@ -116,3 +116,36 @@ def test_engine_bad_input_is_one_line_and_exit_2(argv, fragment, capsys, tmp_pat
   err = capsys.readouterr().err.strip()
   assert fragment in err, err
   assert len(err.splitlines()) == 1
+
+
+@pytest.mark.e2e
+def test_compare_tune_then_compare_at_the_tuned_rates(tmp_path, capsys):
+  import json
+  import helpers
+  out = tmp_path / "cmp"
+  cache = helpers.persistent_compilation_cache(str(tmp_path / "xla"))  # restored afterwards
+  next(cache)
+  try:
+    assert cli.main(["compare", "--preset", "smoke", "--tune", "--budget", "3", "--out", str(out),
+                     "--cache", str(tmp_path / "xla"), "--quiet"]) == 0
+  finally:
+    next(cache, None)
+  tuned = json.loads((out / "tune" / "tune.json").read_text())
+  payload = json.loads((out / "results.json").read_text())
+  for name, entry in payload["preset"]["optimizers"].items():
+    assert entry["learning_rate"] == tuned["results"][name]["best_lr"]
+    assert tuned["results"][name]["runs"] == 3
+  assert "| entry | tuned lr |" in capsys.readouterr().out
+
+
+def test_tune_from_a_result_without_the_optimizer_is_exit_2(tmp_path, capsys):
+  import json
+  path = tmp_path / "tune.json"
+  path.write_text(json.dumps({"results": {"adamw": {"best_lr": 1e-3}}}))
+  assert cli.main(["compare", "--preset", "smoke", "--tune-from", str(path),
+                   "--out", str(tmp_path / "c")]) == 2
+  err = capsys.readouterr().err
+  assert "no tuned learning rate for 'muon'" in err and len(err.strip().splitlines()) == 1
+  assert cli.main(["tune", "--preset", "smoke", "--budget", "2", "--out", str(tmp_path / "t")]) == 2
+  assert "budget must be an integer >= 3" in capsys.readouterr().err
+  assert not (tmp_path / "t").exists()
