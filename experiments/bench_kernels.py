@@ -1,4 +1,4 @@
-"""Tier 2 kernel benchmark (performance spec §8): Pallas symmetric kernels vs XLA.
+"""Tier 2 kernel benchmark (docs/performance.md#benchmark-tiers): Pallas symmetric kernels vs XLA.
 
 On one GPU (or TPU), for bf16 X of shape 1024²…8192² and (768, 3072), times
 side by side in one process:
@@ -12,9 +12,11 @@ side by side in one process:
   denominator of every "% of matmul rate" figure (plus the nominal datasheet
   peak where the device kind is known).
 
-TFLOP/s use the dense analytic FLOP count of spec §1.1 (2m²n, 2m³, 4m²n + 2m³)
+TFLOP/s use the dense analytic FLOP count (2m²n, 2m³, 4m²n + 2m³;
+docs/performance.md#cost-model, ``muonjax.bench.flops``)
 for both backends, so a symmetric kernel's advantage shows as a higher
-"effective" rate. Timing follows spec §7: AOT compile, warm-up, cases
+"effective" rate. Timing follows docs/performance.md#measurement-method
+(``muonjax.bench.harness``): AOT compile, warm-up, cases
 interleaved round by round, medians and IQR, two rounds. On GPU the device time
 comes from CUPTI (``jax.experimental.mosaic.gpu.profiler.measure``) when it is
 available, else wall time around ``block_until_ready``; wall time is always
@@ -52,7 +54,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from muonjax import bench as mjbench  # noqa: E402
+from muonjax.bench import harness, machine  # noqa: E402
 from muonjax.kernels import dispatch, symmetric  # noqa: E402
 
 FULL_SHAPES = ((1024, 1024), (2048, 2048), (4096, 4096), (8192, 8192), (768, 3072))
@@ -131,7 +133,7 @@ def _device_timed(cases: dict, repeats: int, rounds: int = 2) -> Optional[dict]:
       if got is None:
         return None
       samples[name].extend(got)
-  return {n: mjbench.summarize(s) for n, s in samples.items()}
+  return {n: harness.summarize(s) for n, s in samples.items()}
 
 
 def _rel_err(out, ref) -> float:
@@ -150,15 +152,15 @@ def bench_shape(m: int, n: int, *, dtype, kw: dict, repeats: int, smoke: bool,
   jax.block_until_ready(inputs)
   compiled, outputs = {}, {}
   for name, (fn, kind) in _cases(kw).items():
-    c = mjbench.aot_compile(fn, *inputs[kind][0], compiler_options=(
-        mjbench.QUICK_COMPILER_OPTIONS if smoke else None))
+    c = harness.aot_compile(fn, *inputs[kind][0], compiler_options=(
+        harness.QUICK_COMPILER_OPTIONS if smoke else None))
     compiled[name] = (c.fn, inputs[kind])
     outputs[name] = c.fn(*inputs[kind][0])
   result: dict[str, Any] = {"m": m, "n": n, "dtype": jnp.dtype(dtype).name, "ops": {}}
   for op in ("gram", "poly", "step"):
     result["ops"][op] = {"rel_err_pallas_vs_xla": _rel_err(
         outputs[f"pallas_{op}"], outputs[f"xla_{op}"])}
-  wall = mjbench.interleaved(compiled, repeats=repeats, warmup=1 if smoke else 3)
+  wall = harness.interleaved(compiled, repeats=repeats, warmup=1 if smoke else 3)
   device = _device_timed(compiled, repeats) if use_cupti else None
   stats = device if device is not None else wall["stats"]
   result["timing"] = "cupti" if device is not None else "wall"
@@ -180,10 +182,10 @@ def matmul_rate(size: int, dtype, repeats: int, use_cupti: bool) -> dict:
   rng = np.random.default_rng(1)
   x, y = (jnp.asarray(rng.standard_normal((size, size), dtype=np.float32), dtype)
           for _ in range(2))
-  c = mjbench.aot_compile(jnp.matmul, x, y)
+  c = harness.aot_compile(jnp.matmul, x, y)
   cases = {"matmul": (c.fn, [(x, y)])}
   device = _device_timed(cases, repeats) if use_cupti else None
-  stats = device if device is not None else mjbench.interleaved(cases, repeats=repeats)["stats"]
+  stats = device if device is not None else harness.interleaved(cases, repeats=repeats)["stats"]
   return {"size": size, "median_s": stats["matmul"]["median"],
           "tflops": 2.0 * size ** 3 / stats["matmul"]["median"] / 1e12}
 
@@ -262,7 +264,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   shapes = SMOKE_SHAPES if smoke else FULL_SHAPES
   use_cupti = plat == "gpu" and not smoke
   lowering = symmetric.plan(1, *shapes[0], **kw).lowering
-  info = mjbench.machine_info()
+  info = machine.machine_info()
   info["lowering"] = lowering
 
   rows = []

@@ -1,4 +1,4 @@
-"""Orthogonalization benchmark (performance spec §8 Tier 1): see muonjax/bench.py.
+"""Orthogonalization benchmark (Tier 1, docs/performance.md#benchmark-tiers): see muonjax/bench/.
 
 Usage: python experiments/bench_orthogonalize.py [--quick] [--repeats N] [--out DIR]
 """
@@ -8,6 +8,6 @@ import sys
 # Make the repository importable when run as a script without an install.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from muonjax.bench import main  # noqa: E402
+from muonjax.bench.cli import main  # noqa: E402
 
 raise SystemExit(main())

@@ -70,3 +70,6 @@ from muonjax.transforms import (
 
 __version__ = "0.1.0"
 from muonjax import models
+# Installs the stack-sharded Newton–Schulz strategy that orthogonalize(strategy="auto")
+# uses under a multi-device jax.set_mesh (the stage itself imports nothing above it).
+from muonjax import distributed

@@ -61,3 +61,35 @@ def test_bench_quick_writes_every_section(tmp_path, capsys):
   # Converged sets reach the polar factor in float32.
   exact = [r for r in rows if r["coeffs"] == "exact_cubic" and r["compute_dtype"] == "float32"]
   assert exact[0]["rel_fro_err_vs_polar"] < 1e-4
+
+
+def test_expected_sigma_ranges_are_the_composed_polynomials():
+  """EXPECTED_SIGMA_RANGE is min/max of the composed polynomial on σ ∈ [1e-2, 1]."""
+  import numpy as np
+
+  import muonjax as mj
+  sigma = np.linspace(1e-2, 1.0, 200_001)
+  for (preset, steps), (lo, hi) in bench.EXPECTED_SIGMA_RANGE.items():
+    out = np.asarray(mj.composed_polynomial(sigma, preset, steps), dtype=np.float64)
+    assert round(float(out.min()), 3) == lo and round(float(out.max()), 3) == hi, preset
+
+
+def test_flop_formulas():
+  assert bench.wide_dims((3072, 768)) == (1, 768, 3072)
+  assert bench.ns_flops((2, 16, 64), steps=5) == 2 * 5 * (4 * 16 * 16 * 64 + 2 * 16 ** 3)
+  assert bench.dot_flops((64, 16)) == 2 * 16 * 16 * 64
+  assert bench.r1_flop_ratio((768, 3072)) == 5 * (2 + 768 / 3072)
+
+
+def test_python_m_entry_point_parses_arguments():
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+  root = Path(__file__).resolve().parents[1]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [str(root)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+  proc = subprocess.run([sys.executable, "-m", "muonjax.bench", "--help"], env=env,
+                        capture_output=True, text=True, timeout=120, cwd=root)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "--quick" in proc.stdout

@@ -1,4 +1,4 @@
-"""Sharding (issue 5 part 4, issue 6 part 4): mesh, FSDP rules, sharded Newton–Schulz, HLO audit.
+"""muonjax.distributed (issue 5 part 4, issue 6 part 4): mesh, FSDP rules, sharded Newton–Schulz; muonjax.testing.hlo audit.
 
 The multi-device checks need 8 simulated CPU devices, which JAX only creates
 when ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` is set before it is
@@ -23,7 +23,8 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 import muonjax as mj
-from muonjax import sharding as sh
+from muonjax import distributed as sh
+from muonjax.testing import hlo as audit
 
 ROOT = Path(__file__).resolve().parents[1]
 N_DEVICES = 8
@@ -36,15 +37,15 @@ STEPS = 20
 def _loop_report(hlo: str) -> dict:
   """Collectives inside the Newton–Schulz loops (and all loops) of a compiled module."""
   import re
-  ns_loops = sh.while_loops(hlo, "newton_schulz")
+  ns_loops = audit.while_loops(hlo, "newton_schulz")
   trips = [int(t) for t in re.findall(
       r'op_name="[^"]*newton_schulz[^"]*".*?known_trip_count":\{"n":"(\d+)"', hlo)]
   return {
       "ns_loops": len(ns_loops),
       "ns_trip_counts": trips,
-      "in_ns_loops": [k for _, k, _ in sh.collectives_in_while_loops(hlo, "newton_schulz")],
-      "in_any_loop": [k for _, k, _ in sh.collectives_in_while_loops(hlo)],
-      "total": sh.count_collectives(hlo),
+      "in_ns_loops": [k for _, k, _ in audit.collectives_in_while_loops(hlo, "newton_schulz")],
+      "in_any_loop": [k for _, k, _ in audit.collectives_in_while_loops(hlo)],
+      "total": audit.count_collectives(hlo),
   }
 
 
@@ -97,6 +98,13 @@ def _worker() -> dict:
       out = compiled({"w": xs})["w"]
       res["stack"][f"{name}{'_set_mesh' if use_mesh else ''}"] = {
           "err": err(out, ref), **_loop_report(compiled.as_text())}
+
+  # an explicit strategy bound to the mesh does the same without jax.set_mesh
+  explicit_tx = mj.orthogonalize(strategy=sh.shard_stack_strategy(mesh))
+  compiled = jax.jit(lambda u: explicit_tx.update(u, explicit_tx.init(None))[0]).lower(
+      {"w": x}).compile()
+  res["stack"]["replicated_strategy"] = {"err": err(compiled({"w": x})["w"], ref),
+                                         **_loop_report(compiled.as_text())}
 
   mark("stack")
   # stacks that are not a multiple of the device count are padded
@@ -176,7 +184,7 @@ def _worker() -> dict:
     opt = nnx.Optimizer(model, mj.muon(0.02, compute_dtype=jnp.float32), wrt=nnx.Param)
     if mesh_or_none is not None:
       ps = sh.param_shardings(model, mesh_or_none)
-      flat = lambda t: {"/".join(str(k) for k in sh._path(p)): str(s.spec)
+      flat = lambda t: {"/".join(str(k) for k in sh.leaf_path(p)): str(s.spec)
                         for p, s in jax.tree_util.tree_flatten_with_path(t)[0]}
       res["param_specs"] = flat(ps)
       res["state_specs"] = flat(sh.state_shardings(opt, ps))
@@ -302,8 +310,38 @@ def test_stage_unchanged_without_mesh():
     np.testing.assert_array_equal(jax.jit(lambda a: sh.orthogonalize_stack(ortho, a))(x), ortho(x))
   tree = {"a": x, "b": jnp.swapaxes(x, -1, -2)}
   a = jax.jit(lambda t: mj.orthogonalize_tree(t, ortho))(tree)
-  b = jax.jit(lambda t: mj.orthogonalize_tree(t, ortho, shard_stack=False))(tree)
+  b = jax.jit(lambda t: mj.orthogonalize_tree(t, ortho, strategy="local"))(tree)
   jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_strategy_argument():
+  """The stage runs each batched call through its strategy; "auto" is local without a mesh."""
+  import importlib
+  stage_module = importlib.import_module("muonjax.transforms.orthogonalize")
+  x = jax.random.normal(jax.random.key(4), (3, 16, 24))
+  calls = []
+
+  def recording(orthogonalizer, stacked):
+    calls.append(stacked.shape)
+    return orthogonalizer(stacked)
+
+  tree = {"a": x, "b": x[0]}
+  ortho = mj.make_orthogonalizer()
+  out = mj.orthogonalize_tree(tree, ortho, strategy=recording)
+  assert calls == [(4, 16, 24)]  # one batched call for the shape group
+  jax.tree.map(np.testing.assert_array_equal, out,
+               mj.orthogonalize_tree(tree, ortho, strategy="local"))
+  # importing muonjax installs the stack-sharded strategy for "auto" ...
+  assert stage_module.resolve_strategy("auto") is stage_module.local  # no mesh set
+  with jax.set_mesh(sh.make_mesh(data=1, fsdp=1, devices=jax.devices()[:1])):
+    assert stage_module.resolve_strategy("auto") is stage_module.local  # one device
+  with jax.sharding.use_abstract_mesh(AbstractMesh((2, 4), ("data", "fsdp"))):
+    assert stage_module.resolve_strategy("auto") is sh.orthogonalize_stack
+    assert stage_module.resolve_strategy("local") is stage_module.local
+  with pytest.raises(ValueError, match="strategy"):
+    mj.orthogonalize(strategy="sharded")
+  with pytest.raises(ValueError, match="strategy"):
+    mj.orthogonalize_tree(tree, ortho, strategy="sharded")
 
 
 def test_state_shardings_follow_params_single_device():
@@ -368,22 +406,22 @@ ENTRY %main () -> f32[] {
 
 
 def test_collectives_in_while_loops_parser():
-  found = sh.collectives_in_while_loops(_HLO)
+  found = audit.collectives_in_while_loops(_HLO)
   assert sorted((b, k) for b, k, _ in found) == [
       ("ns_body", "all-reduce"), ("scan_body", "all-gather"),
       ("scan_body", "collective-permute")]
-  ns = sh.collectives_in_while_loops(_HLO, "newton_schulz")
+  ns = audit.collectives_in_while_loops(_HLO, "newton_schulz")
   assert [(b, k) for b, k, _ in ns] == [("ns_body", "all-reduce")]
-  assert sh.while_loops(_HLO) == ["ns_body", "scan_body"]
-  assert sh.while_loops(_HLO, "newton_schulz") == ["ns_body"]
-  assert sh.count_collectives(_HLO) == {
+  assert audit.while_loops(_HLO) == ["ns_body", "scan_body"]
+  assert audit.while_loops(_HLO, "newton_schulz") == ["ns_body"]
+  assert audit.count_collectives(_HLO) == {
       "all-reduce": 2, "all-gather": 1, "collective-permute": 1}
 
 
 def test_parser_on_single_device_compiled_ns():
   hlo = jax.jit(mj.newton_schulz).lower(jnp.ones((4, 16, 32))).compile().as_text()
-  assert len(sh.while_loops(hlo, "newton_schulz")) == 1
-  assert sh.collectives_in_while_loops(hlo) == []
+  assert len(audit.while_loops(hlo, "newton_schulz")) == 1
+  assert audit.collectives_in_while_loops(hlo) == []
 
 
 # ------------------------------------------------------ 8 simulated devices
@@ -403,7 +441,7 @@ def test_worker_sees_eight_devices(results):
 
 @pytest.mark.parametrize("case", ["stack_all_axes", "stack_fsdp", "replicated",
                                   "stack_all_axes_set_mesh", "stack_fsdp_set_mesh",
-                                  "replicated_set_mesh"])
+                                  "replicated_set_mesh", "replicated_strategy"])
 def test_stacked_ns_has_no_collectives_in_loop(results, case):
   r = results["stack"][case]
   assert r["err"] < 1e-5
@@ -416,6 +454,8 @@ def test_stage_shards_the_stack_under_set_mesh(results):
   # no communication at all) and iterated without collectives.
   assert results["stack"]["replicated_set_mesh"]["total"] == {}
   assert results["stack"]["stack_all_axes_set_mesh"]["total"] == {}
+  # ... and so does an explicit shard_stack_strategy(mesh) without a context mesh
+  assert results["stack"]["replicated_strategy"]["total"] == {}
 
 
 @pytest.mark.parametrize("b", ["5", "12"])

@@ -61,7 +61,7 @@ def _losses(cfg, **kwargs) -> tuple[list, dict]:
 
 def _worker(corpus: str, tmp: str) -> dict:
   import jax
-  from muonjax import sharding as sh
+  from muonjax.testing import hlo as audit
   from muonjax.train import lower_train_step
 
   res: dict = {"devices": jax.device_count(), "seconds": {}}
@@ -76,9 +76,9 @@ def _worker(corpus: str, tmp: str) -> dict:
 
   hlo = lower_train_step(config(corpus, mesh=MESH), vocab_size=256).compile().as_text()
   res["hlo"] = {
-      "ns_loops": len(sh.while_loops(hlo, "newton_schulz")),
-      "in_ns_loops": [k for _, k, _ in sh.collectives_in_while_loops(hlo, "newton_schulz")],
-      "total": sh.count_collectives(hlo),
+      "ns_loops": len(audit.while_loops(hlo, "newton_schulz")),
+      "in_ns_loops": [k for _, k, _ in audit.collectives_in_while_loops(hlo, "newton_schulz")],
+      "total": audit.count_collectives(hlo),
   }
   mark("hlo")
 

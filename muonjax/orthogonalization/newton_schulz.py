@@ -40,8 +40,23 @@ def _gram(x: jax.Array, backend: str = "xla") -> jax.Array:
   return jnp.einsum("...ik,...jk->...ij", x, x)
 
 
-def _quintic_step(x: jax.Array, gram: jax.Array, abc: jax.Array,
-                  backend: str = "xla") -> jax.Array:
+def quintic_step(x: jax.Array, gram: jax.Array, abc: jax.Array,
+                 backend: str = "xla") -> jax.Array:
+  """One quintic Newton–Schulz step ``X <- aX + (bA + cA²)X`` from a given Gram matrix.
+
+  Public so that distributed variants (``muonjax.distributed``: the Gram
+  matrix all-reduced over devices) reuse the exact arithmetic of
+  :func:`newton_schulz`.
+
+  Args:
+    x: wide ``(..., m, n)`` iterate (``m <= n``).
+    gram: ``A = X Xᵀ``, shape ``(..., m, m)``.
+    abc: the step's coefficients ``(a, b, c)`` (float32 or wider).
+    backend: ``"xla"`` or ``"pallas"`` (symmetric product kernel).
+
+  Returns:
+    The next iterate, dtype of ``x``.
+  """
   # Coefficients stay in (at least) float32: the scalar products are formed in
   # that precision and rounded once to the iteration dtype, as PyTorch does.
   if backend == "pallas":
@@ -64,7 +79,15 @@ def _scaled_by_max(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return x / amax, amax
 
 
-def _divide_by_norm(x, norm, safety, eps, amax):
+def divide_by_norm(x, norm, safety, eps, amax):
+  """``x / (norm · safety + eps / amax)`` for an ``x`` already divided by ``amax``.
+
+  The pre-normalization ``X / (‖X‖ · safety + eps)`` of :func:`newton_schulz`
+  written for an input pre-scaled by its largest magnitude ``amax`` (so the
+  ``eps`` term is scaled alike); a zero denominator (``x = 0``, ``eps = 0``)
+  divides by 1. Public so that distributed variants (``muonjax.distributed``:
+  ``norm`` from an all-reduced sum of squares) normalize identically.
+  """
   den = norm * safety + eps / amax
   return x / jnp.where(den > 0, den, jnp.ones_like(den))  # 0/0 only for x = 0 with eps = 0
 
@@ -72,13 +95,13 @@ def _divide_by_norm(x, norm, safety, eps, amax):
 def _frobenius_normalize(x, safety, eps):
   x, amax = _scaled_by_max(x)
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
-  return _divide_by_norm(x, norm, safety, eps, amax)
+  return divide_by_norm(x, norm, safety, eps, amax)
 
 
 def _spectral_normalize(x, safety, eps):
   x, amax = _scaled_by_max(x)
   norm = jnp.linalg.norm(x, ord=2, axis=(-2, -1), keepdims=True)
-  return _divide_by_norm(x, norm, safety, eps, amax)
+  return divide_by_norm(x, norm, safety, eps, amax)
 
 
 def _aol_first_step(x, abc, eps, backend="xla"):
@@ -87,7 +110,7 @@ def _aol_first_step(x, abc, eps, backend="xla"):
   d = jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.abs(gram), axis=-1), eps))
   x = x * d[..., :, None]
   gram = gram * d[..., :, None] * d[..., None, :]
-  return _quintic_step(x, gram, abc, backend)
+  return quintic_step(x, gram, abc, backend)
 
 
 def _schatten_first_step(x, abc, eps, backend="xla"):
@@ -95,7 +118,7 @@ def _schatten_first_step(x, abc, eps, backend="xla"):
   gram = _gram(x, backend)
   fro = jnp.sqrt(jnp.sum(jnp.square(gram), axis=(-2, -1), keepdims=True))
   s = jax.lax.rsqrt(jnp.maximum(fro, eps))
-  return _quintic_step(x * s, gram * s * s, abc, backend)
+  return quintic_step(x * s, gram * s * s, abc, backend)
 
 
 def newton_schulz(
@@ -179,7 +202,7 @@ def newton_schulz(
     table = table[1:]
 
   def body(x, abc):
-    return _quintic_step(x, _gram(x, backend), abc, backend), None
+    return quintic_step(x, _gram(x, backend), abc, backend), None
 
   if table.shape[0]:
     # The scope names the loop in HLO metadata (op_name ".../newton_schulz/while"),

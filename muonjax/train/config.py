@@ -72,7 +72,7 @@ class TrainConfig:
     log_path: metrics JSONL file (``None``: no log).
     mesh: device mesh sizes ``{"data": d, "fsdp": f}`` (``None``: one device,
       no mesh). The batch is split over every device, parameters and optimizer
-      states are sharded over ``fsdp`` (:mod:`muonjax.sharding`), and
+      states are sharded over ``fsdp`` (:mod:`muonjax.distributed`), and
       Newton–Schulz runs stack-sharded. An omitted axis takes the remaining
       devices; ``d · f`` must equal ``jax.device_count()`` (checked by
       :func:`~muonjax.train.train`, which also needs ``batch_size`` divisible

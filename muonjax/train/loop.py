@@ -13,7 +13,7 @@ state, the data stream position) or derived from ``(seed, step)`` (the
 dropout key ``fold_in(fold_in(key(seed), step), micro_batch)``), so a
 resumed run computes bit-identical steps on the same machine and mesh.
 
-Sharding (``TrainConfig.mesh``): see :func:`train` and :mod:`muonjax.sharding`.
+Sharding (``TrainConfig.mesh``): see :func:`train` and :mod:`muonjax.distributed`.
 """
 
 from __future__ import annotations
@@ -356,9 +356,9 @@ def mesh_for(config: TrainConfig) -> Optional[jax.sharding.Mesh]:
                        f"{jax.process_count()} processes (e.g. {{'data': "
                        f"{jax.device_count()}}})")
     return None
-  from muonjax import sharding
+  from muonjax import distributed
   try:
-    mesh = sharding.make_mesh(**config.mesh)
+    mesh = distributed.make_mesh(**config.mesh)
   except ValueError as e:
     raise ValueError(f"TrainConfig.mesh={config.mesh}: {e}") from None
   if config.batch_size % mesh.size:
@@ -400,10 +400,10 @@ class _Engine:
 
   Without a mesh: one device, the step takes ``(grad_accum, B, T)`` batches
   (the behaviour before meshes existed). With ``config.mesh``: the state is
-  placed with :func:`muonjax.sharding.param_shardings` /
-  :func:`~muonjax.sharding.state_shardings`, the step takes the flat global
+  placed with :func:`muonjax.distributed.param_shardings` /
+  :func:`~muonjax.distributed.state_shardings`, the step takes the flat global
   batch ``(grad_accum · B, T)`` with its rows split over every device
-  (:func:`~muonjax.sharding.shard_batch`) and reshapes it to
+  (:func:`~muonjax.distributed.shard_batch`) and reshapes it to
   ``(grad_accum, B, T)`` inside (each micro-batch split over every device),
   and the step must be traced under ``jax.set_mesh(self.mesh)`` (so the
   orthogonalize stage shards the Newton–Schulz stacks).
@@ -440,15 +440,15 @@ class _Engine:
       return
 
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from muonjax import sharding
+    from muonjax import distributed
     mesh = self.mesh
-    self.state_sharding = sharding.state_shardings(
-        state, sharding.param_shardings(model, mesh))
+    self.state_sharding = distributed.state_shardings(
+        state, distributed.param_shardings(model, mesh))
     self.state = _place(state, self.state_sharding)
     del model, optimizer, state
     replicated = NamedSharding(mesh, P())
-    self.batch_sharding = sharding.batch_sharding(mesh, 2)
-    self.stacked_sharding = NamedSharding(mesh, P(None, sharding.AXES, None))
+    self.batch_sharding = distributed.batch_sharding(mesh, 2)
+    self.stacked_sharding = NamedSharding(mesh, P(None, distributed.AXES, None))
 
     def flat_batches(step_fn):
       def fn(state, inputs, targets, step, run_seed):
@@ -509,8 +509,8 @@ class _Engine:
     rows = config.batch_size * config.grad_accum
     if x.shape[0] == rows and jax.process_count() > 1:  # the whole global batch
       return tuple(_put_global(a.astype(np.int32), self.batch_sharding) for a in (x, y))
-    from muonjax import sharding
-    out = sharding.shard_batch(dict(inputs=x.astype(np.int32), targets=y.astype(np.int32)),
+    from muonjax import distributed
+    out = distributed.shard_batch(dict(inputs=x.astype(np.int32), targets=y.astype(np.int32)),
                                self.mesh)
     return out["inputs"], out["targets"]
 
@@ -549,7 +549,7 @@ def lower_train_step(config: TrainConfig, *, vocab_size: Optional[int] = None,
 
   Lowered under ``jax.set_mesh(mesh)`` with the shardings ``train`` uses, so
   ``lower_train_step(config).compile().as_text()`` is the compiled step's HLO
-  (e.g. for :func:`muonjax.sharding.collectives_in_while_loops`).
+  (e.g. for :func:`muonjax.testing.hlo.collectives_in_while_loops`).
 
   Args:
     config: the run (``config.mesh`` is built over ``jax.devices()``).
@@ -615,11 +615,11 @@ def train(
   Nothing is printed.
 
   Sharding: with ``config.mesh`` (e.g. ``{"data": 2, "fsdp": 4}``) the run uses
-  a :func:`muonjax.sharding.make_mesh` mesh over ``jax.devices()``: parameters
+  a :func:`muonjax.distributed.make_mesh` mesh over ``jax.devices()``: parameters
   and optimizer states are sharded over ``fsdp``
-  (:func:`~muonjax.sharding.param_shardings`,
-  :func:`~muonjax.sharding.state_shardings`), every micro-batch is split over
-  all devices (:func:`~muonjax.sharding.shard_batch`), and the step runs under
+  (:func:`~muonjax.distributed.param_shardings`,
+  :func:`~muonjax.distributed.state_shardings`), every micro-batch is split over
+  all devices (:func:`~muonjax.distributed.shard_batch`), and the step runs under
   ``jax.set_mesh(mesh)``, so Newton–Schulz iterates on stack-sharded groups of
   same-shape matrices with no collectives in its loop. Checkpoints hold the
   global arrays and are restored onto the run's shardings. The losses equal

@@ -17,12 +17,71 @@ from muonjax.orthogonalization.newton_schulz import (
     newton_schulz,
     polar_factor,
 )
-from muonjax.sharding import orthogonalize_stack
 from muonjax.transforms import dimensions
 from muonjax.transforms.validation import check_choice
 
 Orthogonalizer = Callable[[jax.Array], jax.Array]
 METHODS = ("newton_schulz", "polar_express", "svd")
+
+# How one batched call ``(B, m, n) -> (B, m, n)`` is executed: a strategy is a
+# callable ``(orthogonalizer, stacked_matrices) -> result`` equal to
+# ``orthogonalizer(stacked_matrices)`` up to placement (e.g.
+# ``muonjax.distributed.orthogonalize_stack`` shards the stack over a mesh).
+Strategy = Callable[[Orthogonalizer, jax.Array], jax.Array]
+StrategyLike = Union[str, Strategy]
+STRATEGIES = ("auto", "local")
+
+
+def local(orthogonalizer: Orthogonalizer, stacked: jax.Array) -> jax.Array:
+  """The local strategy: ``orthogonalizer(stacked)``, placement left to XLA/GSPMD."""
+  return orthogonalizer(stacked)
+
+
+# The strategy ``"auto"`` uses under a context mesh of more than one device.
+# This stage imports nothing above it: ``muonjax.distributed`` installs its
+# stack-sharded strategy here when it is imported (``import muonjax`` does).
+_mesh_strategy: Optional[Strategy] = None
+
+
+def set_mesh_strategy(strategy: Optional[Strategy]) -> Optional[Strategy]:
+  """Install the strategy ``strategy="auto"`` uses under a multi-device context mesh.
+
+  Args:
+    strategy: a :data:`Strategy`, or ``None`` (``"auto"`` is then always local).
+
+  Returns:
+    The strategy installed before (to restore it).
+  """
+  global _mesh_strategy
+  if strategy is not None and not callable(strategy):
+    raise ValueError(f"strategy must be callable or None; got {strategy!r}")
+  previous, _mesh_strategy = _mesh_strategy, strategy
+  return previous
+
+
+def _context_mesh_size() -> int:
+  """Devices of the mesh set with ``jax.set_mesh`` (1 when none is set)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return 1 if mesh is None or mesh.empty else mesh.size
+
+
+def resolve_strategy(strategy: StrategyLike) -> Strategy:
+  """The callable a strategy spec stands for, at trace time.
+
+  ``"local"``: :func:`local`. ``"auto"``: the strategy installed with
+  :func:`set_mesh_strategy` (``muonjax.distributed``'s stack-sharded one) when
+  a mesh of more than one device is set with ``jax.set_mesh``, else
+  :func:`local`. A callable is returned unchanged.
+
+  Raises:
+    ValueError: an unknown name.
+  """
+  if callable(strategy):
+    return strategy
+  check_choice("strategy", strategy, STRATEGIES)
+  if strategy == "auto" and _mesh_strategy is not None and _context_mesh_size() > 1:
+    return _mesh_strategy
+  return local
 
 
 def make_orthogonalizer(
@@ -71,7 +130,7 @@ def orthogonalize_tree(
     dimension_numbers: dimensions.DimensionNumbersSpec = None,
     *,
     group_by_shape: bool = True,
-    shard_stack: bool = True,
+    strategy: StrategyLike = "auto",
 ) -> optax.Updates:
   """Orthogonalize every matrix leaf of ``updates``.
 
@@ -81,15 +140,18 @@ def orthogonalize_tree(
   and orthogonalized in one batched call, then split back; batched matmuls act
   per matrix, so the result equals the per-leaf one.
 
-  With ``shard_stack`` and a mesh set by ``jax.set_mesh``, each group is padded
-  to a multiple of the device count and sharded along its stack axis
-  (:func:`muonjax.sharding.orthogonalize_stack`): every device iterates on whole
-  matrices and the Newton–Schulz loop has no collectives. Without a mesh it
-  does nothing.
+  Each batched call runs through ``strategy`` (:func:`resolve_strategy`): with
+  ``"auto"`` (the default) and a mesh of several devices set by
+  ``jax.set_mesh``, :func:`muonjax.distributed.orthogonalize_stack` pads each
+  group to a multiple of the device count and shards it along its stack axis,
+  so every device iterates on whole matrices and the Newton–Schulz loop has no
+  collectives; without a mesh, or with ``"local"``, it is
+  ``orthogonalizer(stack)``.
 
   Raises:
     ValueError: a rank < 2 leaf without dimension numbers (names the path).
   """
+  run = resolve_strategy(strategy)
   items, treedef = dimensions.resolve(dimension_numbers, updates)
   out = [leaf for _, leaf, _ in items]
   jobs = []  # (index, view, wide (B, m, n) array, transposed)
@@ -109,8 +171,7 @@ def orthogonalize_tree(
   for members in groups.values():
     stacked = (members[0][2] if len(members) == 1
                else jnp.concatenate([m[2] for m in members], axis=0))
-    result = (orthogonalize_stack(orthogonalizer, stacked) if shard_stack
-              else orthogonalizer(stacked))
+    result = run(orthogonalizer, stacked)
     offsets = 0
     for i, view, wide, transposed in members:
       part = result[offsets:offsets + wide.shape[0]]
@@ -133,7 +194,7 @@ def orthogonalize(
     backend: str = "auto",
     dimension_numbers: dimensions.DimensionNumbersSpec = None,
     group_by_shape: bool = True,
-    shard_stack: bool = True,
+    strategy: StrategyLike = "auto",
 ) -> optax.GradientTransformation:
   r"""Replace each matrix update ``U`` by an approximation of ``msign(U) = U V^T``.
 
@@ -155,9 +216,11 @@ def orthogonalize(
       one :class:`optax.contrib.MuonDimensionNumbers`, a tree of them with
       ``None`` for leaves to pass through, or a callable returning that tree.
     group_by_shape: batch equal-shape matrices across leaves into one call.
-    shard_stack: under a mesh set with ``jax.set_mesh``, shard each batched
-      call along its stack axis so the iteration has no collectives (see
-      :func:`orthogonalize_tree`); no effect without a mesh.
+    strategy: how each batched call runs: ``"auto"`` (under a mesh of several
+      devices set with ``jax.set_mesh``, stack-sharded so the iteration has no
+      collectives, see :func:`orthogonalize_tree`; otherwise local),
+      ``"local"``, or a callable ``(orthogonalizer, stack) -> result`` such as
+      ``muonjax.distributed.shard_stack_strategy(mesh)``.
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -169,12 +232,14 @@ def orthogonalize(
   ortho = make_orthogonalizer(method, coeffs=coeffs, steps=steps,
                               normalization=normalization, safety=safety, eps=eps,
                               compute_dtype=compute_dtype, backend=backend)
+  if not callable(strategy):
+    check_choice("strategy", strategy, STRATEGIES)
 
   def update_fn(updates, state, params=None):
     del params
     return orthogonalize_tree(updates, ortho, dimension_numbers,
                               group_by_shape=group_by_shape,
-                              shard_stack=shard_stack), state
+                              strategy=strategy), state
 
   return optax.GradientTransformation(
       lambda params: optax.EmptyState(), update_fn)

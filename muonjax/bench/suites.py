@@ -1,40 +1,25 @@
-"""Orthogonalization benchmark (performance spec §8, Tier 1 ratios on one device).
+"""The orthogonalization benchmark suite (Tier 1 ratios on one device).
 
-Measures, each in one process with interleaved A/B timing:
+Tiers: ``docs/performance.md#benchmark-tiers``. Measures, each in one process
+with interleaved A/B timing (:mod:`muonjax.bench.harness`):
 
 a. ``mj.newton_schulz`` (Keller ×5, no bf16 cast) against optax's
    ``orthogonalize_via_newton_schulz`` on GPT-2-small shapes (R4), plus the max
    abs difference of their outputs;
-b. the NS GFLOP/s (analytic FLOPs, spec §1.1) against a plain ``jnp.dot`` of
-   the same ``m, n`` (R2), and R1 = t(NS5) / t(X Xᵀ) next to its FLOP ratio
-   ``T·(2 + 1/e)``;
+b. the NS GFLOP/s (analytic FLOPs, :mod:`muonjax.bench.flops`) against a plain
+   ``jnp.dot`` of the same ``m, n`` (R2), and R1 = t(NS5) / t(X Xᵀ) next to its
+   FLOP ratio ``T·(2 + 1/e)``;
 c. one ``jax.jit(tx.update)`` step on a GPT-2-small-like tree for ``mj.muon``
    (shape-grouped and per-leaf), ``optax.contrib.muon`` routed the same way and
    ``optax.adamw`` (R6), next to an analytic prediction from the measured matmul
    rate and memory bandwidth;
 d. accuracy of every coefficient set against a float64 NumPy SVD polar factor.
-
-Timing follows spec §7: AOT compile (``jit(f).lower(*args).compile()``, lower
-and compile times recorded separately), ≥ 3 warm-up calls, individually timed
-calls ending in ``block_until_ready``, median and IQR, cases alternated in one
-loop (A B A B …), the whole loop repeated twice, ratios of medians. Absolute
-CPU times do not transfer between machines: read the ratios.
-
-Run ``python experiments/bench_orthogonalize.py`` (or ``--quick`` for a smoke
-run). Results go to ``experiments/results/bench/orthogonalize.{json,md}``.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import datetime
-import json
-import math
-import os
-import platform
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -42,9 +27,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from optax.contrib import MuonDimensionNumbers
-from optax.contrib import _muon as optax_muon
+# optax's Newton–Schulz is the baseline of sections a and d, and optax exposes it
+# only in its private module (optax.contrib's public names are muon,
+# scale_by_muon, MuonDimensionNumbers and MuonState, optax 0.2.8): this is the
+# one private optax import in muonjax, kept here, outside the optimizer.
+from optax.contrib import _muon as optax_contrib_muon
 
 from muonjax import routing
+from muonjax.bench.flops import NS_STEPS, dot_flops, ns_flops, r1_flop_ratio, wide_dims
+from muonjax.bench.harness import (
+    QUICK_COMPILER_OPTIONS,
+    aot_compile,
+    interleaved,
+    ratio_of_medians,
+)
+from muonjax.bench.machine import loadavg, machine_info
 from muonjax.optimizers import muon as mj_muon
 from muonjax.orthogonalization.coefficients import get_coefficients
 from muonjax.orthogonalization.newton_schulz import newton_schulz
@@ -54,10 +51,6 @@ GPT2_SMALL_SHAPES: tuple[tuple[int, ...], ...] = (
     (768, 768), (768, 2304), (768, 3072), (3072, 768), (12, 768, 3072))
 QUICK_SHAPES: tuple[tuple[int, ...], ...] = ((16, 48), (64, 16), (2, 16, 64))
 KELLER = (3.4445, -4.7750, 2.0315)
-# --quick only: XLA backend optimization level 0 cuts compile time ~3× for the
-# smoke test; its timings are meaningless anyway. Full runs use the defaults.
-QUICK_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-NS_STEPS = 5
 NS_EPS = 1e-8  # optax's default, so both sides normalize identically.
 
 # Accuracy configurations: (preset, steps); steps None = the set's own.
@@ -65,8 +58,9 @@ ACCURACY_CONFIGS = (
     ("keller", 5), ("dion", 5), ("polar_express", 5), ("polar_express", 8),
     ("polar_express_modded", 5), ("exact_cubic", None),
 )
-# Expected output-sigma ranges for normalized sigma in [1e-2, 1]
-# (optimizers spec §15.1), keyed by (preset, steps).
+# Expected output-sigma ranges, keyed by (preset, steps): the min and max of the
+# composed scalar polynomial p_T∘…∘p_1(σ) over normalized σ ∈ [1e-2, 1]
+# (``muonjax.composed_polynomial`` with the set's default safety), to 3 decimals.
 EXPECTED_SIGMA_RANGE = {
     ("keller", 5): (0.682, 1.134),
     ("dion", 5): (0.978, 1.032),
@@ -75,198 +69,6 @@ EXPECTED_SIGMA_RANGE = {
     ("polar_express_modded", 5): (0.859, 1.141),
     ("exact_cubic", 12): (1.000, 1.000),
 }
-
-# ---------------------------------------------------------------------------
-# Timing helpers
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Compiled:
-  """An AOT-compiled function and what it cost to build."""
-
-  fn: Callable[..., Any]
-  lower_s: float
-  compile_s: float
-
-  def as_dict(self) -> dict:
-    return {"lower_s": self.lower_s, "compile_s": self.compile_s}
-
-
-def aot_compile(f: Callable[..., Any], *args,
-                compiler_options: Optional[dict] = None) -> Compiled:
-  """``jax.jit(f).lower(*args).compile()``, timing lower and compile apart."""
-  t0 = time.perf_counter()
-  lowered = jax.jit(f).lower(*args)
-  t1 = time.perf_counter()
-  compiled = lowered.compile(compiler_options) if compiler_options else lowered.compile()
-  t2 = time.perf_counter()
-  return Compiled(compiled, t1 - t0, t2 - t1)
-
-
-def summarize(samples: Sequence[float]) -> dict:
-  """Median, quartiles, IQR, min, max and count of a list of samples."""
-  a = np.asarray(samples, dtype=np.float64)
-  if a.size == 0:
-    return {"median": float("nan"), "q1": float("nan"), "q3": float("nan"),
-            "iqr": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
-  q1, med, q3 = np.percentile(a, [25, 50, 75])
-  return {"median": float(med), "q1": float(q1), "q3": float(q3),
-          "iqr": float(q3 - q1), "min": float(a.min()), "max": float(a.max()),
-          "n": int(a.size)}
-
-
-def _timed_call(fn: Callable[..., Any], args: tuple) -> float:
-  t0 = time.perf_counter()
-  out = fn(*args)
-  jax.block_until_ready(out)
-  dt = time.perf_counter() - t0
-  del out
-  return dt
-
-
-def interleaved(cases: dict[str, tuple[Callable[..., Any], Sequence[tuple]]],
-                repeats: int = 20, *, warmup: int = 3, rounds: int = 2,
-                budget_s: Optional[float] = None, min_repeats: int = 5) -> dict:
-  """Time several functions alternately (A B C A B C …) in one loop.
-
-  Args:
-    cases: ``name -> (fn, argsets)``; call ``i`` uses ``argsets[i % len]`` so
-      that a few input buffers rotate (spec §7 rule 5).
-    repeats: timed calls per case and round.
-    warmup: untimed calls per case before the first round (1 before later
-      rounds: the executables are already warm).
-    rounds: how many times the whole measurement is repeated.
-    budget_s: optional wall-time budget per round; the repeat count drops to
-      what fits, but never below ``min(min_repeats, repeats)``.
-    min_repeats: floor of the timed calls per case and round under a budget
-      (5 per round: at least 10 timed calls per case over the 2 rounds).
-
-  Returns:
-    ``{"n_per_round", "stats" (all rounds pooled), "round_stats", "samples"}``;
-    times in seconds.
-  """
-  names = list(cases)
-  samples = {n: [] for n in names}
-  n_per_round = []
-  for r in range(rounds):
-    last = {}
-    for n in names:
-      fn, argsets = cases[n]
-      for i in range(warmup if r == 0 else 1):
-        last[n] = _timed_call(fn, argsets[i % len(argsets)])
-    nrep = repeats
-    if budget_s is not None:
-      cost = max(sum(last.values()), 1e-9)
-      nrep = min(repeats, max(min(min_repeats, repeats), int(budget_s / cost)))
-    per = {n: [] for n in names}
-    for i in range(nrep):
-      for n in names:
-        fn, argsets = cases[n]
-        per[n].append(_timed_call(fn, argsets[i % len(argsets)]))
-    for n in names:
-      samples[n].append(per[n])
-    n_per_round.append(nrep)
-  return {
-      "n_per_round": n_per_round,
-      "warmup": warmup,
-      "stats": {n: summarize([t for rr in samples[n] for t in rr]) for n in names},
-      "round_stats": [{n: summarize(samples[n][r]) for n in names}
-                      for r in range(rounds)],
-      "samples": samples,
-  }
-
-
-def ratio_of_medians(result: dict, a: str, b: str) -> dict:
-  """t(a) / t(b): pooled ratio of medians, per-round ratios, paired ratios."""
-  overall = result["stats"][a]["median"] / result["stats"][b]["median"]
-  per_round = [rs[a]["median"] / rs[b]["median"] for rs in result["round_stats"]]
-  paired = [ta / tb for ra, rb in zip(result["samples"][a], result["samples"][b])
-            for ta, tb in zip(ra, rb)]
-  return {"ratio": float(overall), "rounds": [float(x) for x in per_round],
-          "paired": summarize(paired)}
-
-
-# ---------------------------------------------------------------------------
-# Analytic costs (performance spec §1)
-# ---------------------------------------------------------------------------
-
-
-def wide_dims(shape: Sequence[int]) -> tuple[int, int, int]:
-  """``(batch, m, n)`` with ``m <= n`` for an array ``(..., rows, cols)``."""
-  batch = math.prod(shape[:-2])
-  m, n = sorted(shape[-2:])
-  return batch, m, n
-
-
-def ns_flops(shape: Sequence[int], steps: int = NS_STEPS) -> float:
-  """``T·(4m²n + 2m³)`` per matrix, times the batch (dense count)."""
-  batch, m, n = wide_dims(shape)
-  return float(batch * steps * (4 * m * m * n + 2 * m ** 3))
-
-
-def dot_flops(shape: Sequence[int]) -> float:
-  """``2m²n`` per matrix: an (m×n)·(n×m) product, or X Xᵀ."""
-  batch, m, n = wide_dims(shape)
-  return float(batch * 2 * m * m * n)
-
-
-def r1_flop_ratio(shape: Sequence[int], steps: int = NS_STEPS) -> float:
-  """FLOP ratio NS / X Xᵀ = ``T·(2 + 1/e)`` with ``e = n/m``."""
-  _, m, n = wide_dims(shape)
-  return steps * (2 + m / n)
-
-
-# ---------------------------------------------------------------------------
-# Environment
-# ---------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.lower().startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
-def _loadavg() -> Optional[list[float]]:
-  try:
-    return [round(x, 2) for x in os.getloadavg()]
-  except OSError:
-    return None
-
-
-def machine_info() -> dict:
-  """Platform, CPU, versions, backend and settings to record with the numbers."""
-  import flax
-  import jaxlib
-  dev = jax.devices()[0]
-  return {
-      "platform": platform.platform(),
-      "python": platform.python_version(),
-      "cpu_model": _cpu_model(),
-      "cpu_count": os.cpu_count(),
-      "backend": jax.default_backend(),
-      "device_kind": dev.device_kind,
-      "device_count": jax.device_count(),
-      "jax": jax.__version__,
-      "jaxlib": getattr(jaxlib, "__version__", None) or jaxlib.version.__version__,
-      "optax": optax.__version__,
-      "flax": flax.__version__,
-      "numpy": np.__version__,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "matmul_precision": str(jax.config.jax_default_matmul_precision),
-      "lowering": "XLA",
-  }
-
-
-# ---------------------------------------------------------------------------
-# a + b: NS vs optax NS vs plain dot, per shape
-# ---------------------------------------------------------------------------
 
 
 def _ours_ns(x):
@@ -277,7 +79,7 @@ def _optax_ns_fn(ndim: int) -> Callable[[jax.Array], jax.Array]:
   dn = None if ndim == 2 else MuonDimensionNumbers(ndim - 2, ndim - 1)
 
   def f(x):
-    return optax_muon.orthogonalize_via_newton_schulz(
+    return optax_contrib_muon.orthogonalize_via_newton_schulz(
         x, jnp.asarray(KELLER, dtype=x.dtype), NS_STEPS, eps=NS_EPS,
         dimension_numbers=dn)
   return f
@@ -414,7 +216,7 @@ def run_orthogonalize_bench(shapes: Sequence[Sequence[int]] = GPT2_SMALL_SHAPES,
                            "cast to dtype; 2 buffers rotate per NS case",
                  "ns": {"coeffs": "keller", "steps": NS_STEPS, "eps": NS_EPS,
                         "compute_dtype": "input dtype (no cast)"},
-                 "loadavg_start": _loadavg()},
+                 "loadavg_start": loadavg()},
   }
   t_start = time.perf_counter()
 
@@ -465,7 +267,7 @@ def run_orthogonalize_bench(shapes: Sequence[Sequence[int]] = GPT2_SMALL_SHAPES,
   out["accuracy"] = accuracy(seed * 1000 + 103, quick=quick, compiler_options=copts)
   section_s["accuracy"] = time.perf_counter() - t0
 
-  out["config"]["loadavg_end"] = _loadavg()
+  out["config"]["loadavg_end"] = loadavg()
   out["config"]["section_wall_s"] = section_s
   out["config"]["total_wall_s"] = time.perf_counter() - t_start
   return out
@@ -492,9 +294,6 @@ def _batched_vs_single(per_shape: list[dict]) -> list[dict]:
   return rows
 
 
-# ---------------------------------------------------------------------------
-# Memory bandwidth and the tree step (section c)
-# ---------------------------------------------------------------------------
 
 
 def measure_bandwidth(seed: int, *, quick: bool, repeats: int,
@@ -629,9 +428,6 @@ def bench_tree(seed: int, *, dtype, repeats: int, budget_s: Optional[float],
   }
 
 
-# ---------------------------------------------------------------------------
-# Accuracy (section d)
-# ---------------------------------------------------------------------------
 
 
 def _accuracy_row(o: np.ndarray, polar: np.ndarray) -> dict:
@@ -671,175 +467,3 @@ def accuracy(seed: int, *, quick: bool, compiler_options: Optional[dict] = None)
   return {"shape": list(shape), "input": "N(0,1) float32",
           "normalized_input_sigma_range": [float(norm_sigma.min()), float(norm_sigma.max())],
           "reference": "float64 numpy SVD, U V^T", "rows": rows}
-
-
-# ---------------------------------------------------------------------------
-# Output
-# ---------------------------------------------------------------------------
-
-
-def _ms(st: dict) -> str:
-  return f"{st['median'] * 1e3:.2f} (±{st['iqr'] * 1e3:.2f})"
-
-
-def _shape(s) -> str:
-  return "×".join(str(d) for d in s)
-
-
-def _ratio(r: dict) -> str:
-  rounds = "/".join(f"{x:.3f}" for x in r["rounds"])
-  return f"**{r['ratio']:.3f}** ({rounds})"
-
-
-def format_markdown(results: dict) -> str:
-  """Render :func:`run_orthogonalize_bench` results as a Markdown report."""
-  m, c = results["machine"], results["config"]
-  lines = [
-      "# Orthogonalization benchmark (muonjax vs optax, Tier 1)", "",
-      f"* date (UTC): {c['date_utc']}; total wall {c.get('total_wall_s', float('nan')):.0f} s",
-      f"* machine: {m['platform']}; CPU {m['cpu_model']} × {m['cpu_count']} cores; "
-      f"backend {m['backend']} ({m['device_kind']}), lowering {m['lowering']}",
-      f"* versions: jax {m['jax']}, jaxlib {m['jaxlib']}, optax {m['optax']}, "
-      f"flax {m['flax']}, numpy {m['numpy']}; XLA_FLAGS='{m['xla_flags']}'; "
-      f"matmul precision {m['matmul_precision']}",
-      f"* dtype {c['dtype']}; NS = Keller ×{c['ns']['steps']}, eps {c['ns']['eps']}, "
-      "no compute-dtype cast, on both sides",
-      f"* timing: AOT-compiled, {c['warmup']} warm-up calls, up to {c['repeats']} "
-      f"interleaved timed calls per case and round (fewer when a round would exceed "
-      f"{c['budget_s_per_round']} s, never < 5 per round = 10 per case in all), "
-      f"{c['rounds']} rounds; times are "
-      "median (±IQR) in ms over both rounds; ratios are ratios of medians, **pooled** "
-      "(round 1/round 2)",
-      f"* load average (1/5/15 min) at start {c['loadavg_start']}, at end "
-      f"{c.get('loadavg_end')} (other processes share the CPU: expect ±10–20 % noise)",
-      *([f"* **--quick smoke run**: tiny shapes, compiler options {c['compiler_options']}; "
-         "the timings mean nothing"] if c.get("quick") else []),
-      "",
-      "## a. NS5: muonjax vs optax (R4; goal ≤ 0.8)", "",
-      "| shape (in×out) | n/round | ours ms | optax ms | ours/optax | max abs diff | "
-      "compile s ours / optax |",
-      "|---|---|---|---|---|---|---|",
-  ]
-  for r in results["ns_vs_optax"]:
-    lines.append(
-        f"| {_shape(r['shape'])} | {'/'.join(map(str, r['n_per_round']))} | "
-        f"{_ms(r['ours_s'])} | {_ms(r['optax_s'])} | {_ratio(r['ratio_ours_over_optax'])} | "
-        f"{r['max_abs_diff']:.1e} | {r['compile_s']['ours']['compile_s']:.2f} / "
-        f"{r['compile_s']['optax']['compile_s']:.2f} |")
-  for r in results.get("batched_vs_single", []):
-    cross = (f"; against {r['shape'][0]} × the 2-D shape's own loop: "
-             f"{r['r3_cross_loop']:.3f}" if "r3_cross_loop" in r else "")
-    lines.append(f"\n* R3 = t(batched NS on {_shape(r['shape'])}) / t({r['shape'][0]} "
-                 f"separate NS calls in one executable, {_ms(r['per_matrix_s'])} ms) = "
-                 f"{_ratio(r['r3'])} (same loop; spec: ≤ 1 expected{cross})")
-  lines += [
-      "", "## b. NS5 throughput vs plain matmul (R2 goal ≥ 0.9; R1 → T·(2 + 1/e))", "",
-      "NS FLOPs = T·(4m²n + 2m³) (m ≤ n); dot = (m×n)·(n×m), 2m²n FLOPs; "
-      "X Xᵀ also 2m²n.", "",
-      "| shape | m×n (batch) | NS GFLOP | NS GFLOP/s | dot GFLOP/s | R2 = NS/dot | "
-      "X Xᵀ ms | R1 = t(NS)/t(XXᵀ) | FLOP ratio T(2+1/e) |",
-      "|---|---|---|---|---|---|---|---|---|",
-  ]
-  for r in results["ns_vs_dot"]:
-    lines.append(
-        f"| {_shape(r['shape'])} | {r['m']}×{r['n']} ({r['batch']}) | {r['ns_gflop']:.3g} | "
-        f"{r['ns_gflops']['median']:.1f} (±{r['ns_gflops']['iqr']:.1f}) | "
-        f"{r['dot_gflops']['median']:.1f} (±{r['dot_gflops']['iqr']:.1f}) | "
-        f"**{r['r2_ns_over_dot']:.3f}** | {_ms(r['xxt_s'])} | {_ratio(r['r1'])} | "
-        f"{r['r1_flop_ratio']:.2f} |")
-  bwd = results["bandwidth"]
-  t = results["tree_step"]
-  p = t["prediction"]
-  lines += [
-      "", "## c. One optimizer step on a GPT-2-small-like tree (R6)", "",
-      f"* tree: {t['tree']['note']}; Muon params {t['tree']['params_muon']:,}, "
-      f"AdamW params {t['tree']['params_adamw']:,}",
-      f"* memory bandwidth ({bwd['op']}, {bwd['elements']:,} elements): "
-      f"{bwd['gb_per_s']['median']:.1f} GB/s (±{bwd['gb_per_s']['iqr']:.1f}); AdamW step "
-      f"achieved {t['adamw_achieved_gbs']:.1f} GB/s at 28 B/param",
-      f"* prediction: NS {p['ns_gflop']:.0f} GFLOP → {p['t_ns_s'] * 1e3:.0f} ms at the "
-      f"measured dot rates; Muon step {p['t_muon_s'] * 1e3:.0f} ms, AdamW "
-      f"{p['t_adamw_s'] * 1e3:.1f} ms → **predicted Muon/AdamW {p['muon_over_adamw']:.0f}×**",
-      "",
-      "| optimizer | n/round | step ms | / AdamW (measured) | / AdamW (predicted) | "
-      "compile s |",
-      "|---|---|---|---|---|---|",
-  ]
-  st = t["timing"]["stats"]
-  npr = "/".join(map(str, t["timing"]["n_per_round"]))
-  labels = {"muon": "mj.muon (grouped by shape)",
-            "muon_ungrouped": "mj.muon(group_by_shape=False)",
-            "optax_muon": "optax.contrib.muon (same routing)", "adamw": "optax.adamw"}
-  for name, label in labels.items():
-    ratio = ("1" if name == "adamw" else _ratio(t["ratios"][f"{name}_over_adamw"]))
-    pred = f"{p['muon_over_adamw']:.0f}" if name != "adamw" else "1"
-    lines.append(f"| {label} | {npr} | {_ms(st[name])} | {ratio} | {pred} | "
-                 f"{t['compile'][name]['compile_s']:.2f} |")
-  lines += [
-      "",
-      f"* mj.muon / optax.contrib.muon: {_ratio(t['ratios']['muon_over_optax_muon'])}; "
-      f"grouped / per-leaf: {_ratio(t['ratios']['muon_grouped_over_ungrouped'])}",
-  ]
-  acc = results["accuracy"]
-  lo, hi = acc["normalized_input_sigma_range"]
-  lines += [
-      "", f"## d. Accuracy vs float64 SVD polar factor ({_shape(acc['shape'])} N(0,1) input; "
-      f"σ/‖X‖_F ∈ [{lo:.3f}, {hi:.3f}])", "",
-      "| coefficients | steps | compute | max \\|σ−1\\| | σ min | σ max | "
-      "‖O−polar‖_F/‖polar‖_F | expected σ range (spec §15.1) |",
-      "|---|---|---|---|---|---|---|---|",
-  ]
-  for r in acc["rows"]:
-    exp = r.get("expected_sigma_range")
-    exp_s = f"[{exp[0]:.3f}, {exp[1]:.3f}]" if exp else "—"
-    lines.append(
-        f"| {r['coeffs']} | {r['steps']} | {r['compute_dtype']} | "
-        f"{r['max_abs_sigma_minus_1']:.2e} | {r['sigma_min']:.4f} | {r['sigma_max']:.4f} | "
-        f"{r['rel_fro_err_vs_polar']:.2e} | {exp_s} |")
-  lines.append("")
-  return "\n".join(lines)
-
-
-def _to_jsonable(obj):
-  if isinstance(obj, dict):
-    return {str(k): _to_jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_to_jsonable(v) for v in obj]
-  if isinstance(obj, (np.floating, np.integer)):
-    return obj.item()
-  return obj
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  """CLI: run the benchmark, write JSON + Markdown to ``--out``, print the Markdown."""
-  parser = argparse.ArgumentParser(
-      description="muonjax orthogonalization benchmark (performance spec §8 Tier 1)")
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny shapes and 3 repeats (smoke test)")
-  parser.add_argument("--repeats", type=int, default=None,
-                      help="timed calls per case and round (default 20; 3 with --quick)")
-  parser.add_argument("--out", default="experiments/results/bench",
-                      help="output directory for orthogonalize.json / .md")
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                      help="input / parameter dtype")
-  parser.add_argument("--budget", type=float, default=25.0,
-                      help="seconds per measurement round before the repeat count is "
-                           "reduced (never below 5 per round, 10 per case in all); "
-                           "<= 0 disables the cap")
-  parser.add_argument("--layers", type=int, default=None,
-                      help="transformer layers in the section-c tree (default 2)")
-  args = parser.parse_args(argv)
-  repeats = args.repeats if args.repeats is not None else (3 if args.quick else 20)
-  if repeats < 1:
-    parser.error("--repeats must be >= 1")
-  results = run_orthogonalize_bench(
-      GPT2_SMALL_SHAPES, repeats=repeats, dtype=jnp.dtype(args.dtype), quick=args.quick,
-      budget_s=args.budget if args.budget > 0 else None, tree_layers=args.layers)
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  md = format_markdown(results)
-  (out / "orthogonalize.json").write_text(json.dumps(_to_jsonable(results), indent=1))
-  (out / "orthogonalize.md").write_text(md)
-  print(md)
-  print(f"wrote {out / 'orthogonalize.json'} and {out / 'orthogonalize.md'}")
-  return 0
