@@ -19,7 +19,7 @@ import jax
 from flax import nnx
 
 from muonjax import routing
-from muonjax.optimizers import scion as _scion
+from muonjax.optimizers.scion import scion_default_lmos as _core_scion_default_lmos
 from muonjax.transforms import hypersphere as _hypersphere
 from muonjax.transforms import lmo as _lmo
 
@@ -65,7 +65,7 @@ def sphere_axes(model_or_state: Any) -> Any:
 
 def scion_default_lmos(params: Any, **kwargs) -> Any:
   """:func:`muonjax.optimizers.scion.scion_default_lmos` of a module or a tree."""
-  return _scion.scion_default_lmos(as_params(params), **kwargs)
+  return _core_scion_default_lmos(as_params(params), **kwargs)
 
 
 def scion_init(params: Any, lmos: Any, key: jax.Array, **kwargs) -> Any:

@@ -106,6 +106,7 @@ def partition_matrices(
   def build(dims):
     return optax.partition({routing.MUON: matrix_tx(dims), routing.ADAM: other_tx},
                            lambda tree: routing.labels_from_dimension_numbers(dims, tree))
+  matrix_tx(None)  # bad stage arguments fail now, not at init
   return routing.routed(build, dimension_numbers)
 
 
