@@ -20,8 +20,8 @@ from flax import nnx
 
 from muonjax import routing
 from muonjax.optimizers.scion import scion_default_lmos as _core_scion_default_lmos
-from muonjax.transforms import hypersphere as _hypersphere
-from muonjax.transforms import lmo as _lmo
+from muonjax.transforms.hypersphere import sphere_axes as _core_sphere_axes
+from muonjax.transforms.lmo import scion_init as _core_scion_init
 
 __all__ = [
     "as_params", "label_params", "muon_dimension_numbers", "optax_dimension_numbers",
@@ -60,7 +60,7 @@ def optax_dimension_numbers(params: Any) -> Any:
 
 def sphere_axes(model_or_state: Any) -> Any:
   """Tree of ``sphere_axis`` metadata (``None`` where absent) from an NNX model or state."""
-  return _hypersphere.sphere_axes(as_params(model_or_state))
+  return _core_sphere_axes(as_params(model_or_state))
 
 
 def scion_default_lmos(params: Any, **kwargs) -> Any:
@@ -70,4 +70,4 @@ def scion_default_lmos(params: Any, **kwargs) -> Any:
 
 def scion_init(params: Any, lmos: Any, key: jax.Array, **kwargs) -> Any:
   """:func:`muonjax.transforms.lmo.scion_init` of a module's params or a tree."""
-  return _lmo.scion_init(as_params(params), lmos, key, **kwargs)
+  return _core_scion_init(as_params(params), lmos, key, **kwargs)
