@@ -1,10 +1,16 @@
 """Parameter routing: which leaves Muon orthogonalizes and how, which go to AdamW.
 
-The default rules (optimizers spec §12.2, Flax ``(in, out)`` layout):
+Rules on plain pytrees (Flax ``(in, out)`` layout), first match wins:
 
-* a leaf with a ``muon`` metadata entry on its ``nnx.Variable`` uses it
-  (``MuonDimensionNumbers`` → Muon with those axes; ``True`` → default axes;
-  ``False`` or ``None`` → AdamW);
+* an override (a regular expression searched in the ``/``-joined path, see
+  :func:`path_names`) mapping to a ``MuonDimensionNumbers``, ``"muon"``, or
+  ``"adam"``/``None``;
+* leaf metadata: a leaf object exposing ``get_metadata() -> Mapping`` whose
+  mapping has a ``"muon"`` entry (``MuonDimensionNumbers`` → Muon with those
+  axes; ``True`` → default axes; ``False`` or ``None`` → AdamW). Flax NNX's
+  ``nnx.Variable`` implements this protocol (``nnx.Param(x, muon=...)``), so
+  ``nnx.state(model, nnx.Param)`` routes by metadata without this module
+  importing flax; :mod:`muonjax.nnx` accepts the ``nnx.Module`` itself;
 * rank < 2 (biases, norm scales, scalars) → AdamW;
 * a path component naming an embedding (``embed``, ``embedding``, ``wte``,
   ``wpe``, … also inside ``token_embed``), an output head (exactly ``head``,
@@ -17,21 +23,37 @@ The default rules (optimizers spec §12.2, Flax ``(in, out)`` layout):
   default sends these to Adam silently.) Conv kernels ``(kh, kw, in, out)`` and
   attention ``(D, H, hd)`` kernels need an override or metadata.
 
-Overrides map a regular expression, searched in the ``/``-joined path, to a
-``MuonDimensionNumbers``, ``"muon"``, or ``"adam"``/``None``; the first match
-wins and beats every rule above.
+Routing is decided once, at ``init``: :func:`routed` wraps an alias's
+partitioned chain, resolves the dimension numbers from the params ``init``
+sees (``nnx.Optimizer`` passes ``nnx.Variable``\\ s, so metadata is visible)
+and keeps the decision as static data of the optimizer state
+(:class:`RoutedState`). ``update`` rebuilds the chain from that decision, so
+the routing survives ``jax.jit``, ``optax.inject_hyperparams`` (which rebuilds
+the optimizer at every update) and checkpoint restore, with no Python-side
+memory.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
-from flax import nnx
+import optax
 from optax.contrib import MuonDimensionNumbers
 
-from muonjax.transforms.dimensions import default_dimension_numbers
+from muonjax.transforms.dimensions import (
+    broadcast_to_leaves,
+    default_dimension_numbers,
+    path_names,
+)
+
+__all__ = [
+    "MUON", "ADAM", "Override", "RoutedState", "has_metadata", "label_params",
+    "labels_from_dimension_numbers", "leaf_role", "metadata_route", "muon_dimension_numbers",
+    "optax_dimension_numbers", "params_tree", "path_names", "register_params_view",
+    "route_leaf", "routed",
+]
 
 MUON, ADAM = "muon", "adam"
 
@@ -43,7 +65,7 @@ ROUTER_PATTERN = re.compile(r"(^|_)router($|_)", re.IGNORECASE)
 VECTOR_NAMES = frozenset({"bias", "scale"})
 
 
-def leaf_role(path_names: list[str]) -> Optional[str]:
+def leaf_role(path_names: Any) -> Optional[str]:  # pylint: disable=redefined-outer-name
   """``"embedding"``, ``"head"``, ``"router"``, ``"vector"`` or ``None`` (a hidden matrix).
 
   Components are matched whole (``multi_head_attention`` is not a head);
@@ -64,16 +86,31 @@ def leaf_role(path_names: list[str]) -> Optional[str]:
 Override = Union[MuonDimensionNumbers, str, None]
 
 
-def _path_names(path) -> list[str]:
-  names = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        names.append(str(getattr(key, attr)))
-        break
-    else:
-      names.append(str(key))
-  return names
+def has_metadata(x: Any) -> bool:
+  """Whether ``x`` follows the metadata protocol (a callable ``get_metadata``)."""
+  return callable(getattr(x, "get_metadata", None))
+
+
+_PARAMS_VIEWS: list[tuple[Callable[[Any], bool], Callable[[Any], Any]]] = []
+
+
+def register_params_view(predicate: Callable[[Any], bool], view: Callable[[Any], Any]) -> None:
+  """Let routing accept objects that are not parameter trees.
+
+  ``view(x)`` replaces ``x`` when ``predicate(x)``: :mod:`muonjax.nnx` registers
+  ``nnx.Module → nnx.state(module, nnx.Param)`` so an alias's
+  ``dimension_numbers=model`` keeps working while this module stays free of
+  flax.
+  """
+  _PARAMS_VIEWS.append((predicate, view))
+
+
+def params_tree(x: Any) -> Any:
+  """``x`` through the first registered view that accepts it (else unchanged)."""
+  for predicate, view in _PARAMS_VIEWS:
+    if predicate(x):
+      return view(x)
+  return x
 
 
 def _from_override(value: Override, ndim: int, path: str) -> Optional[MuonDimensionNumbers]:
@@ -91,38 +128,34 @@ def _from_override(value: Override, ndim: int, path: str) -> Optional[MuonDimens
       f"None; got {value!r}")
 
 
-_NO_METADATA = object()
+NO_METADATA = object()
+"""Returned by :func:`metadata_route` for a leaf without a ``muon`` entry."""
 
 
-def _metadata_route(leaf) -> Any:
-  if isinstance(leaf, nnx.Variable):
-    return leaf.get_metadata().get("muon", _NO_METADATA)
-  return _NO_METADATA
+def metadata_route(leaf: Any) -> Any:
+  """The leaf's ``muon`` metadata entry, or :data:`NO_METADATA`."""
+  if has_metadata(leaf):
+    return leaf.get_metadata().get("muon", NO_METADATA)
+  return NO_METADATA
 
 
-def route_leaf(path_names: list[str], leaf, *, overrides: Mapping[str, Override] = (),
+def route_leaf(names: Any, leaf, *, overrides: Mapping[str, Override] = (),
                router_to_muon: bool = False) -> Optional[MuonDimensionNumbers]:
   """Dimension numbers for one leaf, or ``None`` for AdamW (rules in the module doc)."""
-  path = "/".join(path_names)
+  path = "/".join(names)
   ndim = len(leaf.shape)
   for pattern, value in dict(overrides).items():
     if re.search(pattern, path):
       return _from_override(value, ndim, path)
-  meta = _metadata_route(leaf)
-  if meta is not _NO_METADATA:
+  meta = metadata_route(leaf)
+  if meta is not NO_METADATA:
     return _from_override(meta, ndim, path)
   if ndim < 2:
     return None
-  role = leaf_role(path_names)
+  role = leaf_role(names)
   if role is not None and not (router_to_muon and role == "router"):
     return None
   return default_dimension_numbers(ndim)
-
-
-def _as_tree(params_or_model):
-  if isinstance(params_or_model, nnx.Module):
-    return nnx.state(params_or_model, nnx.Param)
-  return params_or_model
 
 
 def muon_dimension_numbers(
@@ -134,8 +167,10 @@ def muon_dimension_numbers(
   """A tree of ``MuonDimensionNumbers`` (Muon leaves) and ``None`` (AdamW leaves).
 
   Args:
-    params: a parameter pytree, an ``nnx.State`` or an ``nnx.Module`` (its
-      ``nnx.Param`` state; Variable metadata is read).
+    params: a parameter pytree; leaves following the metadata protocol (e.g.
+      the ``nnx.Variable``\\ s of an ``nnx.State``) are routed by their
+      ``muon`` metadata. (:func:`muonjax.nnx.muon_dimension_numbers` also
+      takes an ``nnx.Module``.)
     overrides: ``{regex: MuonDimensionNumbers | 'muon' | 'adam' | None}``.
     router_to_muon: send MoE router matrices to Muon.
 
@@ -144,21 +179,22 @@ def muon_dimension_numbers(
     every muonjax stage and alias (and as optax's
     ``muon_weight_dimension_numbers``).
   """
-  tree = _as_tree(params)
   return jax.tree_util.tree_map_with_path(
-      lambda p, leaf: route_leaf(_path_names(p), leaf, overrides=overrides,
+      lambda p, leaf: route_leaf(path_names(p), leaf, overrides=overrides,
                                  router_to_muon=router_to_muon),
-      tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+      params_tree(params), is_leaf=has_metadata)
+
+
+def _is_spec(x) -> bool:
+  return x is None or isinstance(x, MuonDimensionNumbers)
 
 
 def labels_from_dimension_numbers(dim_nums: Any, params: Any) -> Any:
   """``"muon"``/``"adam"`` labels with the structure of ``params``."""
-  is_spec = lambda x: x is None or isinstance(x, MuonDimensionNumbers)
-  is_var = lambda x: isinstance(x, nnx.Variable)
   return jax.tree.map(
       lambda dn, sub: jax.tree.map(lambda _: MUON if dn is not None else ADAM, sub,
-                                   is_leaf=is_var),
-      dim_nums, params, is_leaf=is_spec)
+                                   is_leaf=has_metadata),
+      dim_nums, params, is_leaf=_is_spec)
 
 
 def label_params(params: Any, **kwargs) -> Any:
@@ -166,51 +202,126 @@ def label_params(params: Any, **kwargs) -> Any:
 
   Accepts the arguments of :func:`muon_dimension_numbers`.
   """
-  tree = _as_tree(params)
+  tree = params_tree(params)
   return labels_from_dimension_numbers(muon_dimension_numbers(tree, **kwargs), tree)
 
 
 def optax_dimension_numbers(params: Any) -> Any:
   """optax.contrib.muon's labelling: every rank-2 leaf to Muon, the rest to Adam."""
   return jax.tree.map(
-      lambda x: MuonDimensionNumbers() if len(x.shape) == 2 else None, _as_tree(params),
-      is_leaf=lambda x: isinstance(x, nnx.Variable))
+      lambda x: MuonDimensionNumbers() if len(x.shape) == 2 else None, params_tree(params),
+      is_leaf=has_metadata)
 
 
-class Router:
-  """The default routing of muonjax aliases: the rules above, metadata included.
+# ---------------------------------------------------------------------------
+# Routing decided at init, carried in the optimizer state.
 
-  ``nnx.Optimizer`` calls ``tx.init`` on the model's ``nnx.Variable``\\ s (their
-  metadata visible) but ``tx.update`` on plain arrays. A ``Router`` remembers
-  the metadata-driven decisions it makes at init, keyed by leaf path and shape,
-  and replays them at update, so ``mj.muon(...)`` honours ``muon=`` metadata
-  without a hand-written tree. Build one optimizer per model: initializing the
-  same optimizer on a model whose metadata routes a leaf of the same path and
-  shape differently raises ``ValueError``.
+Decision = tuple[tuple[tuple[str, ...], tuple[int, ...], Optional[MuonDimensionNumbers]], ...]
+"""One ``(path names, shape, dimension numbers or None)`` per parameter leaf."""
 
-  Args:
-    overrides: ``{regex: MuonDimensionNumbers | 'muon' | 'adam' | None}``.
-    router_to_muon: send MoE router matrices to Muon.
+
+@jax.tree_util.register_pytree_with_keys_class
+class RoutedState:
+  """The state of a :func:`routed` optimizer: the inner state and the routing decision.
+
+  The decision is static pytree data (part of the tree structure, not a leaf),
+  so it passes through ``jax.jit``, ``optax.inject_hyperparams`` and
+  checkpoint restore unchanged. The inner state's fields are this node's
+  children under their own names (``state.inner_states`` of an
+  ``optax.partition`` reads through), so leaf paths are those of the inner
+  state.
+
+  Attributes:
+    inner: the wrapped optimizer's state.
+    decision: one ``(path names, shape, MuonDimensionNumbers | None)`` per leaf.
   """
 
-  def __init__(self, *, overrides: Mapping[str, Override] = (), router_to_muon: bool = False):
-    self.overrides = dict(overrides)
-    self.router_to_muon = router_to_muon
-    self._from_metadata: dict[tuple, Optional[MuonDimensionNumbers]] = {}
+  def __init__(self, inner: Any, decision: Decision):
+    self.inner = inner
+    self.decision = decision
 
-  def __call__(self, tree: Any) -> Any:
-    def one(path, leaf):
-      names = _path_names(path)
-      key = (tuple(names), tuple(leaf.shape))
-      dn = route_leaf(names, leaf, overrides=self.overrides,
-                      router_to_muon=self.router_to_muon)
-      if _metadata_route(leaf) is not _NO_METADATA:
-        if key in self._from_metadata and self._from_metadata[key] != dn:
-          raise ValueError(
-              f"leaf {'/'.join(names)} was routed by another model's metadata to "
-              f"{self._from_metadata[key]}; build one optimizer per model")
-        self._from_metadata[key] = dn
-        return dn
-      return self._from_metadata.get(key, dn)
-    return jax.tree_util.tree_map_with_path(
-        one, _as_tree(tree), is_leaf=lambda x: isinstance(x, nnx.Variable))
+  def __getattr__(self, name: str) -> Any:
+    if name in ("inner", "decision") or name.startswith("__"):
+      raise AttributeError(name)
+    return getattr(self.inner, name)
+
+  def __repr__(self) -> str:
+    return f"RoutedState(inner={self.inner!r}, decision=<{len(self.decision)} leaves>)"
+
+  def tree_flatten_with_keys(self):
+    fields = getattr(type(self.inner), "_fields", None)
+    if fields is not None:  # a NamedTuple: its fields become this node's children
+      children = [(jax.tree_util.GetAttrKey(f), v) for f, v in zip(fields, self.inner)]
+      return children, (type(self.inner), self.decision)
+    return [(jax.tree_util.GetAttrKey("inner"), self.inner)], (None, self.decision)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    kind, decision = aux
+    inner = children[0] if kind is None else kind(*children)
+    return cls(inner, decision)
+
+
+def _decide(spec: Any, params: Any) -> Decision:
+  if spec is None:
+    dims = muon_dimension_numbers(params)
+  elif callable(spec) and not isinstance(spec, MuonDimensionNumbers):
+    dims = spec(params)
+  else:
+    dims = spec
+  flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=has_metadata)[0]
+  if _is_spec(dims):
+    dns = [dims] * len(flat)
+  else:
+    dns = broadcast_to_leaves(dims, params, _is_spec)
+  return tuple((path_names(p), tuple(int(d) for d in leaf.shape), dn)
+               for (p, leaf), dn in zip(flat, dns))
+
+
+def _replay(decision: Decision, tree: Any) -> Any:
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=has_metadata)
+  if len(flat) != len(decision):
+    raise ValueError(f"the optimizer was initialized on {len(decision)} leaves; "
+                     f"update got {len(flat)}: build one optimizer per model")
+  for (path, leaf), (names, shape, _) in zip(flat, decision):
+    if tuple(leaf.shape) != shape:
+      raise ValueError(
+          f"leaf {'/'.join(path_names(path))} has shape {tuple(leaf.shape)}; the optimizer "
+          f"was initialized with {'/'.join(names)} of shape {shape}")
+  return treedef.unflatten([dn for _, _, dn in decision])
+
+
+def routed(build: Callable[[Any], optax.GradientTransformation],
+           dimension_numbers: Any = None) -> optax.GradientTransformationExtraArgs:
+  """``build(dims)`` with ``dims`` decided once, at ``init``, and kept in the state.
+
+  Args:
+    build: makes the optimizer from a tree of ``MuonDimensionNumbers | None``
+      with the structure of the params (``None``: not a Muon leaf).
+    dimension_numbers: ``None`` (the default rules of
+      :func:`muon_dimension_numbers`, metadata included), a tree (prefix) of
+      ``MuonDimensionNumbers | None``, one ``MuonDimensionNumbers`` for every
+      leaf, a callable ``params -> tree``, or an object a registered params
+      view turns into params (an ``nnx.Module``: its routing by the default
+      rules).
+
+  Returns:
+    A ``GradientTransformationExtraArgs`` whose state is a
+    :class:`RoutedState`; ``update`` forwards extra arguments to ``build``'s
+    transformation.
+  """
+  spec = dimension_numbers
+  if not _is_spec(spec) and params_tree(spec) is not spec:  # e.g. an nnx.Module
+    spec = muon_dimension_numbers(spec)
+
+  def init_fn(params):
+    decision = _decide(spec, params)
+    inner = build(_replay(decision, params))
+    return RoutedState(inner.init(params), decision)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    inner = optax.with_extra_args_support(build(_replay(state.decision, updates)))
+    new_updates, new_inner = inner.update(updates, state.inner, params, **extra_args)
+    return new_updates, RoutedState(new_inner, state.decision)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

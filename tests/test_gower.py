@@ -23,12 +23,8 @@ from flax import nnx
 import muonjax as mj
 from muonjax import demo
 from muonjax.orthogonalization import composed_polynomial
-from muonjax.transforms.gower import (
-    GlobalNuclearNormState,
-    GowerState,
-    MomoState,
-    scale_by_global_nuclear_norm,
-)
+from muonjax.optimizers.muon_adam import GowerState
+from muonjax.transforms import GlobalNuclearNormState, MomoState, scale_by_global_nuclear_norm
 
 import helpers
 import references

@@ -16,7 +16,8 @@ from flax import nnx
 
 import muonjax as mj
 from muonjax import demo
-from muonjax.transforms.hypersphere import HypersphereState, hypersphere, sphere_axes
+from muonjax.nnx import sphere_axes
+from muonjax.transforms.hypersphere import HypersphereState, hypersphere
 
 AXES = {"a": 0, "b": 1, "s": 1, "bias": None}
 SHAPES = {"a": (6, 8), "b": (6, 8), "s": (3, 6, 8), "bias": (8,)}

@@ -271,11 +271,16 @@ def test_routing(gated):
       assert dims[path] == STACKED and labels[path] == "muon", path
     else:  # embedding, head, every scale and gate: AdamW
       assert dims[path] is None and labels[path] == "adam", path
-  # mj.muon's Router reads the metadata at init (Variables) and replays it on plain arrays.
-  router = mj.routing.Router()
+  # mj.muon decides the routing at init (Variables: metadata visible), keeps it in its
+  # state, and replays it on plain arrays at update.
   params = nnx.state(model, nnx.Param)
-  assert flat(router(params)) == dims
-  assert flat(router(nnx.as_pure(params))) == dims
+  tx = mj.muon(0.02)
+  state = tx.init(params)
+  decided = {"/".join(names): dn for names, _, dn in state.decision}
+  assert decided == dims
+  pure = nnx.as_pure(params)
+  _, state2 = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, pure), tx.init(params), pure)
+  assert {"/".join(names): dn for names, _, dn in state2.decision} == dims
 
 
 def test_normalize_weights_projects_in_place():

@@ -24,7 +24,7 @@ HYP = hypothesis.settings(max_examples=40, deadline=None, derandomize=True,
                           suppress_health_check=list(hypothesis.HealthCheck))
 
 
-def _key_name(k):
+def _key_name(k):  # one key of a path, as muonjax.routing.path_names names it
   for attr in ("key", "name", "idx"):
     if hasattr(k, attr):
       return str(getattr(k, attr))

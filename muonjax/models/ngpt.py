@@ -80,7 +80,8 @@ from flax import nnx
 
 from muonjax.models import config as checks
 from muonjax.models.blocks import CausalSelfAttention, causal_attention, dense, rope, run_stacked
-from muonjax.transforms.hypersphere import hypersphere, sphere_axes
+from muonjax.nnx import sphere_axes
+from muonjax.transforms.hypersphere import hypersphere
 from muonjax.transforms.validation import check_choice
 
 # Smallest norm divided by; keeps Norm(0) finite (nGPT's justnorm has no guard).

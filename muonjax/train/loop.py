@@ -19,7 +19,6 @@ Sharding (``TrainConfig.mesh``): see :func:`train` and :mod:`muonjax.distributed
 from __future__ import annotations
 
 import contextlib
-import inspect
 import numbers
 import signal
 import threading
@@ -78,20 +77,16 @@ class NonFiniteLossError(RuntimeError):
 
 
 def statistics_schedule(config: TrainConfig) -> Optional[Callable[[int], bool]]:
-  """For optimizers that precondition with layer-input statistics (Newton-Muon), the rule
-  ``count -> bool`` (zero-based update count) saying on which updates the loop records them.
+  """The rule ``count -> bool`` (zero-based update count) saying on which updates the loop
+  records layer-input statistics, or ``None`` when the optimizer needs none.
 
-  Statistics are recorded only on the preconditioner's refresh steps (the
-  stage ignores them on the others), so the extra backward work is paid once
-  every ``refresh_every`` updates. ``None`` for every other optimizer.
+  The optimizer's registry entry declares it
+  (:attr:`muonjax.OptimizerSpec.activation_stats_schedule`): Newton-Muon's are
+  its preconditioner's refresh steps, so the extra backward work is paid once
+  every ``refresh_every`` updates.
   """
-  if config.optimizer != "newton_muon":
-    return None
-  hparams = config.optimizer_hparams
-  signature = inspect.signature(mj.newton_muon).parameters
-  every = hparams.get("refresh_every", signature["refresh_every"].default)
-  rule = hparams.get("refresh_rule", signature["refresh_rule"].default)
-  return lambda count: bool(mj.refresh_due(count, every, rule))
+  spec = mj.get_spec(config.optimizer)
+  return spec.activation_stats_schedule(config.optimizer_hparams)
 
 
 def register_extra_args(optimizer: str, fn: ExtraArgsFn) -> None:
@@ -207,16 +202,19 @@ def build_eval(graphdef: nnx.GraphDef) -> Callable:
   return eval_fn
 
 
-def param_labels(model: nnx.Module, optimizer: str) -> list[str]:
+def param_labels(model: nnx.Module, optimizer: str,
+                 hparams: Optional[Mapping[str, Any]] = None) -> list[str]:
   """Update-RMS group of each ``nnx.Param`` leaf, in leaf order.
 
-  ``"adamw"`` puts every leaf in ``"adam"``; every other optimizer uses the
-  default routing of :func:`muonjax.label_params` (``"muon"`` for matrices).
+  The optimizer's registry entry declares the groups
+  (:attr:`muonjax.OptimizerSpec.param_labels`): the default routing of
+  :func:`muonjax.label_params` (``"muon"`` for matrices), or ``"adam"`` for
+  every leaf of AdamW.
   """
-  n = len(jax.tree.leaves(nnx.state(model, nnx.Param)))
-  if optimizer == "adamw":
-    return ["adam"] * n
-  labels = jax.tree.leaves(mj.label_params(model))
+  params = nnx.state(model, nnx.Param)
+  n = len(jax.tree.leaves(params))
+  spec = mj.get_spec(optimizer)
+  labels = jax.tree.leaves(spec.param_labels(params, dict(hparams or {})))
   if len(labels) != n:
     raise RuntimeError(f"routing labelled {len(labels)} leaves of {n}")
   return labels
@@ -237,12 +235,6 @@ def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   if isinstance(adam_lr, numbers.Real) and not isinstance(adam_lr, bool):
     peaks["adam_learning_rate"] = float(hparams.pop("adam_learning_rate"))
   shape = schedule_for(config, 1.0)
-  if (config.optimizer != "scion"  # Scion's dimension_numbers is a matrix view, not routing
-      and "dimension_numbers" in mj.hyperparameters(mj.OPTIMIZERS[config.optimizer])
-      and "dimension_numbers" not in hparams and "compat" not in hparams):
-    # The optimizer is rebuilt at every update; one Router keeps the routing
-    # that parameter metadata decided at init (mj.routing.Router).
-    hparams["dimension_numbers"] = mj.routing.Router()
 
   def factory(learning_rate, adam_learning_rate=None):
     scheduled = {"learning_rate": lambda count: learning_rate * shape(count)}
@@ -420,12 +412,12 @@ class _Engine:
       raise ValueError(f"TrainConfig.sphere_update/sphere_every/sphere_theta apply to models "
                        f"with unit-sphere weights (ngpt); {config.model!r} has none")
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    labels = param_labels(model, config.optimizer)
+    labels = param_labels(model, config.optimizer, config.optimizer_hparams)
     self.graphdef, state = nnx.split((model, optimizer))
     accum, micro, seq = config.grad_accum, config.batch_size, config.seq_len
     kwargs = dict(labels=labels, grad_accum=accum,
                   seed=config.seed,
-                  pass_value=isinstance(tx, optax.GradientTransformationExtraArgs),
+                  pass_value=mj.get_spec(config.optimizer).needs_value,
                   extra_args_fn=extra_args_fn)
     self._stats_due = statistics_schedule(config)
     steps = {False: build_train_step(self.graphdef, **kwargs)}

@@ -1,4 +1,11 @@
-"""Gradient-transformation stages that Muon-family optimizers are chained from."""
+"""Gradient-transformation stages that Muon-family optimizers are chained from.
+
+sphere_axes and scion_init here work on parameter trees; :mod:`muonjax.nnx`
+has the versions that also take an ``nnx.Module``.
+"""
+
+from __future__ import annotations
+
 
 from muonjax.transforms.dimensions import MuonDimensionNumbers
 from muonjax.transforms.hypersphere import HypersphereState, hypersphere, sphere_axes
@@ -27,21 +34,16 @@ from muonjax.transforms.lmo import (
     LMO,
     constrained_decay,
     scale_by_lmo,
-    scion_default_lmos,
     scion_init,
     scion_momentum,
 )
 from muonjax.transforms.manifold import ManoState, mano_normalize
-from muonjax.transforms.gower import (
+from muonjax.transforms.global_nuclear_norm import (
     GlobalNuclearNormState,
-    GowerState,
-    MomoInputs,
-    MomoState,
-    gower_optimizer,
     gptopt_orthogonalizer,
-    momo_step_size,
     scale_by_global_nuclear_norm,
 )
+from muonjax.transforms.momo import MomoInputs, MomoState, momo_step_size
 
 
 __all__ = [
@@ -50,9 +52,9 @@ __all__ = [
     "SecondMomentState", "adamuon_normalize", "normuon_normalize", "scale_to_rms", "sign",
     "cautious_weight_decay", "weight_decay", "HypersphereState", "hypersphere", "sphere_axes",
     "PreconditionInputState", "input_second_moment", "precondition_input", "refresh_due",
-    "LMO", "constrained_decay", "scale_by_lmo", "scion_default_lmos", "scion_init",
+    "LMO", "constrained_decay", "scale_by_lmo", "scion_init",
     "scion_momentum",
     "ManoState", "mano_normalize",
-    "GlobalNuclearNormState", "GowerState", "MomoInputs", "MomoState", "gower_optimizer",
+    "GlobalNuclearNormState", "MomoInputs", "MomoState",
     "gptopt_orthogonalizer", "momo_step_size", "scale_by_global_nuclear_norm",
 ]

@@ -14,13 +14,33 @@ import math
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
+import optax
 from optax.contrib import MuonDimensionNumbers
-from optax.transforms import _masking
 
-MaskedNode = _masking.MaskedNode
+
+MaskedNode = optax.MaskedNode
 
 DimensionNumbersSpec = Union[
     None, MuonDimensionNumbers, Any, Callable[[Any], Any]]
+
+
+def path_names(path) -> tuple[str, ...]:
+  """The names of a ``jax.tree_util`` key path: ``DictKey.key``, ``GetAttrKey.name``,
+  ``SequenceKey.idx`` (or ``FlattenedIndexKey.key``), each as a string.
+
+  The one path-name extractor of muonjax (re-exported as
+  :func:`muonjax.routing.path_names`); routing rules and override regexes
+  match against these names, ``/``-joined.
+  """
+  names = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        names.append(str(getattr(key, attr)))
+        break
+    else:
+      names.append(str(key))
+  return tuple(names)
 
 
 def default_dimension_numbers(ndim: int) -> MuonDimensionNumbers:

@@ -9,7 +9,7 @@ Which axis of each leaf carries the unit-norm vectors comes from ``axes``: a
 tree (a prefix of the params) of ints (the axis the norm is taken over) or
 ``None`` (unconstrained: plain ``W - eta D``), a callable ``params -> tree``, or
 the ``sphere_axis`` metadata of the model's ``nnx.Variable``\\ s via
-:func:`sphere_axes`. In Flax layout nGPT normalizes q/k/v/up/gate kernels over
+:func:`muonjax.nnx.sphere_axes`. In Flax layout nGPT normalizes q/k/v/up/gate kernels over
 axis 0, output projections over axis 1, the embedding ``(V, d)`` over axis 1
 and an untied head ``(d, V)`` over axis 0 (stacked kernels shift by one).
 """
@@ -21,8 +21,6 @@ from typing import Any, Callable, Literal, NamedTuple, Union
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
-from optax._src import numerics
 
 from muonjax.transforms.dimensions import broadcast_to_leaves
 from muonjax.transforms.validation import check_choice, check_positive
@@ -37,13 +35,17 @@ class HypersphereState(NamedTuple):
   count: jax.Array
 
 
-def sphere_axes(model_or_state: Any) -> Any:
-  """Tree of ``sphere_axis`` metadata (``None`` where absent) from an NNX model or state."""
-  state = (nnx.state(model_or_state, nnx.Param)
-           if isinstance(model_or_state, nnx.Module) else model_or_state)
-  return jax.tree.map(
-      lambda v: v.get_metadata().get("sphere_axis") if isinstance(v, nnx.Variable) else None,
-      state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+def sphere_axes(params: Any) -> Any:
+  """Tree of ``sphere_axis`` metadata (``None`` where absent) of a parameter tree.
+
+  Leaves following the metadata protocol (a callable ``get_metadata()``, as
+  ``nnx.Variable`` has) give their ``sphere_axis`` entry; other leaves give
+  ``None``. :func:`muonjax.nnx.sphere_axes` also takes an ``nnx.Module``.
+  """
+  def axis(v):
+    get = getattr(v, "get_metadata", None)
+    return get().get("sphere_axis") if callable(get) else None
+  return jax.tree.map(axis, params, is_leaf=lambda x: callable(getattr(x, "get_metadata", None)))
 
 
 # u is treated as parallel to w when its tangent part is this small relative to it.
@@ -164,7 +166,7 @@ def hypersphere(
       else:
         new = _geodesic_step(w32, d32, lr, axis, theta, eps)
       out.append((new - w32).astype(d.dtype))
-    return treedef.unflatten(out), HypersphereState(numerics.safe_increment(state.count))
+    return treedef.unflatten(out), HypersphereState(optax.safe_increment(state.count))
 
   return optax.GradientTransformation(
       lambda params: HypersphereState(jnp.zeros([], jnp.int32)), update_fn)

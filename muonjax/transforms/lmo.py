@@ -27,15 +27,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import re
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
-from muonjax import routing
 from muonjax.orthogonalization.newton_schulz import newton_schulz
 from muonjax.transforms import dimensions
 from muonjax.transforms.momentum import momentum
@@ -223,7 +220,7 @@ def _is_lmo_leaf(x) -> bool:
   return x is None or isinstance(x, (LMO, str, dimensions.MaskedNode))
 
 
-def _as_lmo(x: Any, path: str) -> Optional[LMO]:
+def as_lmo(x: Any, path: str) -> Optional[LMO]:
   if x is None or isinstance(x, LMO):
     return x
   if isinstance(x, str):
@@ -248,7 +245,7 @@ def lmo_leaves(lmos: LMOTree, tree: Any) -> list[Optional[LMO]]:
   else:
     specs = [None if isinstance(s, dimensions.MaskedNode) else s
              for s in dimensions.broadcast_to_leaves(lmos, tree, _is_lmo_leaf)]
-  return [_as_lmo(s, p) for s, p in zip(specs, paths)]
+  return [as_lmo(s, p) for s, p in zip(specs, paths)]
 
 
 def _matrix_view(path: str, leaf: jax.Array, dn, kind: str) -> dimensions.MatrixView:
@@ -310,7 +307,7 @@ def scale_by_lmo(
   if not callable(lmos) or isinstance(lmos, LMO):  # fail at construction, not under jit
     for spec in jax.tree.leaves(lmos, is_leaf=_is_lmo_leaf):
       if not isinstance(spec, dimensions.MaskedNode):
-        _as_lmo(spec, "<lmos>")
+        as_lmo(spec, "<lmos>")
 
   def update_fn(updates, state, params=None):
     del params
@@ -325,7 +322,7 @@ def scale_by_lmo(
 
 
 # ---------------------------------------------------------------------------
-# Momentum, constrained decay, routing, init.
+# Momentum, constrained decay, init.
 
 
 def scion_momentum(alpha: float = 1.0, *,
@@ -378,66 +375,6 @@ def constrained_decay(mask: Optional[Any] = None) -> optax.GradientTransformatio
     Pethick et al., arXiv 2502.07529, https://github.com/LIONS-EPFL/scion.
   """
   return weight_decay_stage(1.0, mask=mask)
-
-
-def _default_lmo(path_names: list[str], leaf, *, overrides, hidden, head, embedding,
-                 vector) -> LMOSpec:
-  path = "/".join(path_names)
-  for pattern, value in overrides.items():
-    if re.search(pattern, path):
-      return _as_lmo(value, path)
-  role = routing.leaf_role(path_names)
-  if len(leaf.shape) < 2 or role == "vector":
-    return vector
-  if role == "head":
-    return head
-  if role == "embedding":
-    return embedding
-  return hidden
-
-
-def scion_default_lmos(
-    params: Any,
-    *,
-    overrides: Optional[Mapping[str, LMOSpec]] = None,
-    hidden: LMO = LMO("spectral", 3.0),
-    head: LMO = LMO("sign", 10.0),
-    embedding: LMO = LMO("colnorm", 1.0, transpose=True),
-    vector: LMO = LMO("bias_rms", 1.0),
-) -> Any:
-  """Per-leaf LMOs of the shallow-nanogpt "Mixed" setting.
-
-  Rules (names as in :mod:`muonjax.routing`, first match wins):
-
-  * ``overrides``: ``{regex: LMO | kind | None}`` searched in the ``/``-joined
-    path (``None`` leaves that leaf's averaged gradient unchanged);
-  * rank 0/1 (biases, norm scales, scalars): ``vector`` = BiasRMS;
-  * a path component naming an output head (``lm_head``, ``head``,
-    ``unembed``): ``head`` = Sign, scale 10;
-  * a component naming an embedding (``embed``, ``embedding``, ``wte``,
-    ``wpe``, ...): ``embedding`` = ColNorm(transpose=True), scale 1, i.e. per
-    token RMS 1;
-  * everything else of rank >= 2 (hidden kernels, stacks, MoE routers):
-    ``hidden`` = Spectral, scale 3, per matrix.
-
-  Args:
-    params: parameter pytree, ``nnx.State`` or ``nnx.Module``.
-    overrides: regex -> LMO overrides.
-    hidden, head, embedding, vector: LMOs of the four groups.
-
-  Returns:
-    A tree of :class:`LMO` with the structure of ``params`` (``nnx.Variable``
-    leaves become LMOs), usable as ``lmos`` of :func:`scale_by_lmo`.
-  """
-  overrides = dict(overrides or {})
-  for pattern, value in overrides.items():
-    _as_lmo(value, f"override {pattern!r}")
-  return jax.tree_util.tree_map_with_path(
-      lambda p, leaf: _default_lmo(
-          routing._path_names(p), leaf, overrides=overrides, hidden=hidden,  # pylint: disable=protected-access
-          head=head, embedding=embedding, vector=vector),
-      routing._as_tree(params),  # pylint: disable=protected-access
-      is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def _orthogonal(key: jax.Array, batch: int, n_in: int, n_out: int) -> jax.Array:

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import numerics
 
 from muonjax.transforms import dimensions
 from muonjax.transforms.validation import (
@@ -154,6 +153,6 @@ def mano_normalize(
           lambda u, p: normalize_tree(u, p, (EVEN_AXIS,)),
           lambda u, p: normalize_tree(u, p, (ODD_AXIS,)),
           updates, params)
-    return updates, ManoState(count=numerics.safe_increment(state.count))
+    return updates, ManoState(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -7,7 +7,6 @@ from typing import Literal, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import numerics, utils
 
 from muonjax.transforms.validation import check_choice, check_unit_interval
 
@@ -62,7 +61,7 @@ def momentum(
   check_choice("form", form, FORMS)
   if bias_correction and form != "ema":
     raise ValueError(f"bias_correction applies to form='ema' only; got form={form!r}")
-  mu_dtype = utils.canonicalize_dtype(mu_dtype)
+  mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
 
   def init_fn(params):
     return MomentumState(count=jnp.zeros([], jnp.int32),
@@ -70,7 +69,7 @@ def momentum(
 
   def update_fn(updates, state, params=None):
     del params
-    count = numerics.safe_increment(state.count)
+    count = optax.safe_increment(state.count)
     if form == "sgd":
       mu = jax.tree.map(lambda m, g: beta * m + g, state.mu, updates)
       out = (jax.tree.map(lambda m, g: g + beta * m, mu, updates) if nesterov else mu)
@@ -81,7 +80,7 @@ def momentum(
         mu = jax.tree.map(lambda m, g: jnp.where(first, g.astype(m.dtype), m), mu, updates)
       if bias_correction:
         m_hat = optax.tree.bias_correction(
-            mu, beta, numerics.safe_increment(count) if nesterov else count)
+            mu, beta, optax.safe_increment(count) if nesterov else count)
         g_hat = optax.tree.bias_correction(updates, beta, count)
       else:
         m_hat, g_hat = mu, updates

@@ -51,7 +51,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.scipy.linalg import cho_factor, cho_solve
-from optax._src import numerics
 
 from muonjax.transforms import dimensions
 from muonjax.transforms.validation import (
@@ -371,6 +370,6 @@ def precondition_input(
     is_pair = lambda x: isinstance(x, tuple) and not hasattr(x, "_fields")
     k = jax.tree.map(lambda x: x[0] if is_pair(x) else x, kp, is_leaf=is_pair)
     p = jax.tree.map(lambda x: x[1] if is_pair(x) else x, kp, is_leaf=is_pair)
-    return updates, PreconditionInputState(numerics.safe_increment(state.count), k, p)
+    return updates, PreconditionInputState(optax.safe_increment(state.count), k, p)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,4 +1,4 @@
-r"""MuonAdam, MuonMax and Momo truncation (Gower et al.): stages S6 and S8.
+"""MuonAdam, MuonMax and Momo (Gower et al.): one transformation over the full tree.
 
 The three algorithms of arXiv 2510.09827 reduce across leaves, so they cannot
 live inside one branch of ``optax.partition``:
@@ -53,273 +53,30 @@ from typing import Any, Literal, NamedTuple, Optional, Union
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import numerics
 
+from muonjax import routing
+from muonjax.optimizers.base import check_learning_rate
 from muonjax.transforms import dimensions
-from muonjax.transforms.momentum import momentum
-from muonjax.transforms.orthogonalize import (
-    Orthogonalizer,
-    make_orthogonalizer,
-    orthogonalize,
-    orthogonalize_tree,
+from muonjax.transforms.global_nuclear_norm import (
+    POLAR_METHODS,
+    f32_vdot,
+    gptopt_orthogonalizer,
+    scale_by_global_nuclear_norm,
 )
-from muonjax.transforms.weight_decay import weight_decay as weight_decay_stage
+from muonjax.transforms.momentum import momentum
+from muonjax.transforms.momo import MomoInputs, momo_step_size
+from muonjax.transforms.orthogonalize import Orthogonalizer, orthogonalize
 from muonjax.transforms.validation import (
     check_choice,
     check_non_negative,
     check_positive,
     check_unit_interval,
-    static_int,
 )
+from muonjax.transforms.weight_decay import DecayMode
+from muonjax.transforms.weight_decay import weight_decay as weight_decay_stage
 
 Variant = Literal["muon_adam", "muon_max"]
 VARIANTS = ("muon_adam", "muon_max")
-POLAR_METHODS = ("polar_express_gptopt", "keller", "svd")
-
-
-
-def _f32_vdot(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``sum(a * b)`` in float32, elementwise (no reduced-precision matmul)."""
-  return jnp.sum(a.astype(jnp.float32) * b.astype(jnp.float32))
-
-
-def _tree_vdot(a: Any, b: Any) -> jax.Array:
-  """``sum_l <a_l, b_l>`` over all array leaves, in float32."""
-  terms = jax.tree.leaves(jax.tree.map(_f32_vdot, a, b))
-  return sum(terms, jnp.zeros([], jnp.float32))
-
-
-def gptopt_orthogonalizer(
-    polar_method: Union[str, Orthogonalizer] = "polar_express_gptopt",
-    *,
-    steps: int = 5,
-    compute_dtype: Optional[Any] = "bfloat16",
-) -> Orthogonalizer:
-  """The polar-factor approximation of GPT-opt's ``polar_method`` option.
-
-  Args:
-    polar_method: ``"polar_express_gptopt"`` (GPT-opt's ``"polar_express"``:
-      the paper table with every coefficient ÷ 1.01, ``X/(‖X‖_F·1.01)``),
-      ``"keller"`` (GPT-opt's ``"jordan"``: (3.4445, −4.7750, 2.0315),
-      ``X/(‖X‖_F + 1e-7)``), ``"svd"`` (exact ``U Vᵀ``, in the update's dtype)
-      or a callable ``(..., m, n) -> (..., m, n)``.
-    steps: Newton–Schulz iterations (tables repeat their last row).
-    compute_dtype: iteration dtype (GPT-opt: bfloat16); ``None`` = the
-      momentum's dtype. Ignored by ``"svd"``.
-
-  Returns:
-    An orthogonalizer for :func:`muonjax.orthogonalize_tree`.
-  """
-  if callable(polar_method):
-    return polar_method
-  check_choice("polar_method", polar_method, POLAR_METHODS)
-  if polar_method == "svd":
-    return make_orthogonalizer("svd")
-  steps = static_int("steps", steps, minimum=1)
-  dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
-  if polar_method == "keller":
-    return make_orthogonalizer("newton_schulz", coeffs="keller", steps=steps,
-                               compute_dtype=dtype)
-  # GPT-opt polar.py: every coefficient of the paper table / 1.01 and
-  # X / (||X||_F * 1.01) with no epsilon; its fixed point is ~0.990, not 1.
-  return make_orthogonalizer("newton_schulz", coeffs="polar_express_gptopt", steps=steps,
-                             compute_dtype=dtype)
-
-
-# --- S6: global nuclear-norm scaling ---------------------------------------
-
-
-class GlobalNuclearNormState(NamedTuple):
-  """State of :func:`scale_by_global_nuclear_norm`."""
-
-  count: jax.Array  # int32 scalar: steps taken.
-  inner: optax.Updates  # per matrix leaf: float32 scalar <M, O> of the last step.
-  norm: jax.Array  # float32 scalar: the N used at the last step.
-
-
-def scale_by_global_nuclear_norm(
-    orthogonalizer: Union[str, Orthogonalizer] = "newton_schulz",
-    *,
-    stale: bool = True,
-    scale: bool = True,
-    dimension_numbers: dimensions.DimensionNumbersSpec = None,
-    group_by_shape: bool = True,
-) -> optax.GradientTransformation:
-  r"""Orthogonalize every matrix leaf and multiply it by the tree-wide ``N``.
-
-  For momentum leaves ``M_l`` with polar factors ``O_l = polar(M_l)``::
-
-      N = sum_l <M_l, O_l>        (≈ sum_l ||M_l||_*; over every matrix leaf)
-      out_l = N · O_l
-
-  This is MuonMax's dual-norm scaling (stage S6, like ``clip_by_global_norm``:
-  one scalar for the whole tree). The stage needs both ``M`` and ``O``, so it
-  runs on the momentum output and calls the orthogonalizer itself. Leaves
-  routed to ``None`` (and ``optax.MaskedNode``\ s inside ``optax.partition``)
-  pass through and do not enter ``N``. ``<M, O>`` of a stacked leaf sums over
-  its matrices.
-
-  Args:
-    orthogonalizer: a method name for :func:`muonjax.make_orthogonalizer` or a
-      callable ``(..., m, n) -> (..., m, n)`` (e.g. :func:`gptopt_orthogonalizer`).
-    stale: use the per-leaf ``<M, O>`` stored at the previous step (GPT-opt's
-      ``stale_nuc``; fresh at the first step). The polar factor is computed
-      once per leaf per step either way, so this only changes the numbers.
-    scale: multiply by ``N``; ``False`` returns ``O`` and only records ``N``
-      in the state (the MuonAdam-Momo denominator).
-    dimension_numbers: routing spec (see :func:`muonjax.orthogonalize`).
-    group_by_shape: batch equal-shape matrices into one orthogonalizer call.
-
-  Returns:
-    An ``optax.GradientTransformation`` with :class:`GlobalNuclearNormState`:
-    ``inner`` holds one float32 scalar per matrix leaf (``MaskedNode``
-    elsewhere); ``norm`` is the ``N`` of the last step.
-
-  References:
-    Gower et al., arXiv 2510.09827, https://github.com/modichirag/GPT-opt
-    (``muonmax_momo.py``).
-  """
-  ortho = make_orthogonalizer(orthogonalizer)
-
-  def init_fn(params):
-    inner = dimensions.init_per_matrix(
-        lambda path, leaf, view: jnp.zeros([], jnp.float32), dimension_numbers, params)
-    return GlobalNuclearNormState(jnp.zeros([], jnp.int32), inner,
-                                  jnp.zeros([], jnp.float32))
-
-  def update_fn(updates, state, params=None):
-    del params
-    polar = orthogonalize_tree(updates, ortho, dimension_numbers,
-                               group_by_shape=group_by_shape)
-    items, treedef = dimensions.resolve(dimension_numbers, updates)
-    polar_leaves = treedef.flatten_up_to(polar)
-    prev_leaves = treedef.flatten_up_to(state.inner)
-    fresh_leaves, matrix = [], []
-    for i, (path, leaf, dn) in enumerate(items):
-      is_matrix = dimensions.leaf_view(path, leaf, dn) is not None
-      matrix.append(is_matrix)
-      fresh_leaves.append(_f32_vdot(leaf, polar_leaves[i]) if is_matrix else prev_leaves[i])
-    zero = jnp.zeros([], jnp.float32)
-    fresh = sum((f for f, m in zip(fresh_leaves, matrix) if m), zero)
-    norm = fresh
-    if stale:
-      prev = sum((p for p, m in zip(prev_leaves, matrix) if m), zero)
-      norm = jnp.where(state.count == 0, fresh, prev)
-    out = [(norm.astype(o.dtype) * o if scale else o) if m else leaf
-           for (_, leaf, _), o, m in zip(items, polar_leaves, matrix)]
-    new_state = GlobalNuclearNormState(numerics.safe_increment(state.count),
-                                       treedef.unflatten(fresh_leaves), norm)
-    return treedef.unflatten(out), new_state
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-# --- S8: Momo truncated step size -------------------------------------------
-
-
-class MomoState(NamedTuple):
-  """State of :func:`momo_step_size`."""
-
-  count: jax.Array  # int32 scalar: steps taken.
-  loss_model: jax.Array  # float32 scalar f̄: EMA of loss − Σ<W, G> (f̄_1 = first value).
-  step_size: jax.Array  # float32 scalar: η_t of the last step (for logging).
-
-
-class MomoInputs(NamedTuple):
-  """Cross-leaf statistics :func:`momo_step_size` reads (an extra argument).
-
-  Attributes:
-    grads: the raw gradients ``G`` (all leaves).
-    momentum: the first moments ``M`` (Muon momentum and Adam ``m``; all leaves).
-    denominator: the squared dual norm ``D²`` (MuonMax-Momo) or ``D₁``
-      (MuonAdam-Momo) of the direction, a scalar.
-  """
-
-  grads: optax.Updates
-  momentum: optax.Updates
-  denominator: jax.Array
-
-
-def momo_step_size(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    beta: float = 0.95,
-    truncate_loss: float = 0.0,
-    clamp_nonnegative: bool = True,
-) -> optax.GradientTransformationExtraArgs:
-  r"""Momo: scale the direction ``D`` by ``η_t / η`` (stage S8).
-
-  With the loss ``f`` of this step, params ``W``, gradients ``G`` and first
-  moments ``M`` (sums over **all** leaves)::
-
-      f̄_1 = f − Σ<W, G>;   f̄ ← β f̄ + (1 − β)(f − Σ<W, G>)
-      η_t = min(η, max(f̄ − f* + Σ<W, M>, 0) / denominator)
-      out = (η_t / η) · D
-
-  so that the following ``optax.scale_by_learning_rate(η)`` yields
-  ``−η_t·D`` while a decay stage in between still uses the base ``η``.
-
-  Call as ``update(D, state, params, value=loss, momo_inputs=MomoInputs(...))``
-  (:func:`gower_optimizer` does; an ``optax.chain`` forwards the extra args).
-
-  Args:
-    learning_rate: the base η (float or schedule; evaluated at this stage's
-      own count, like ``optax.scale_by_learning_rate``).
-    beta: EMA coefficient of ``f̄`` (the momentum β).
-    truncate_loss: ``f*``, a lower bound of the loss.
-    clamp_nonnegative: ``max(numerator, 0)`` as in the base Momo. ``False``
-      reproduces GPT-opt, where a negative numerator gives ``η_t < 0`` and
-      reverses the step.
-
-  Returns:
-    An ``optax.GradientTransformationExtraArgs`` with :class:`MomoState`.
-
-  Raises:
-    ValueError: at update time, when ``value``, ``params`` or ``momo_inputs``
-      is missing.
-
-  References:
-    Gower et al., arXiv 2510.09827, https://github.com/modichirag/GPT-opt;
-    Schaipp et al., MoMo, arXiv 2305.07583.
-  """
-  check_unit_interval("beta", beta)
-  if truncate_loss is None:
-    raise ValueError("truncate_loss must be a number for momo_step_size; "
-                     "leave the stage out to disable truncation")
-
-  def init_fn(params):
-    del params
-    zero = jnp.zeros([], jnp.float32)
-    return MomoState(jnp.zeros([], jnp.int32), zero, zero)
-
-  def update_fn(updates, state, params=None, *, value=None, momo_inputs=None, **extra_args):
-    del extra_args
-    if value is None:
-      raise ValueError("Momo needs the loss: call tx.update(grads, state, params, value=loss)")
-    if params is None:
-      raise ValueError("Momo needs params: call tx.update(grads, state, params, value=loss)")
-    if momo_inputs is None:
-      raise ValueError("momo_step_size needs momo_inputs=MomoInputs(grads, momentum, "
-                       "denominator); use it through muonjax.gower_optimizer")
-    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    lr = jnp.asarray(lr, jnp.float32)
-    sample = jnp.asarray(value, jnp.float32) - _tree_vdot(params, momo_inputs.grads)
-    loss_model = jnp.where(state.count == 0, sample,
-                           beta * state.loss_model + (1 - beta) * sample)
-    numerator = loss_model - truncate_loss + _tree_vdot(params, momo_inputs.momentum)
-    if clamp_nonnegative:
-      numerator = jnp.maximum(numerator, 0.0)
-    den = jnp.asarray(momo_inputs.denominator, jnp.float32)
-    # A zero denominator means M = 0, hence D = 0: any finite η_t will do.
-    step = jnp.where(den > 0, jnp.minimum(lr, numerator / jnp.where(den > 0, den, 1.0)), lr)
-    ratio = jnp.where(lr > 0, step / jnp.where(lr > 0, lr, 1.0), 1.0)
-    updates = jax.tree.map(lambda u: u * ratio.astype(u.dtype), updates)
-    return updates, MomoState(numerics.safe_increment(state.count), loss_model, step)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-# --- the full optimizer -----------------------------------------------------
 
 
 class GowerState(NamedTuple):
@@ -481,7 +238,7 @@ def gower_optimizer(
       else:
         d = m / (eps + jnp.sqrt(v))
         direction.append(d)
-        adam_dual = adam_dual + _f32_vdot(m, d)
+        adam_dual = adam_dual + f32_vdot(m, d)
     direction = treedef.unflatten(direction)
 
     momo_state = state.momo
@@ -496,3 +253,195 @@ def gower_optimizer(
                                  tail_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def muon_adam(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    *,
+    muon_lr_scale: float = 10.0,
+    weight_decay: float = 0.1,
+    weight_decay_mode: DecayMode = "decoupled",
+    beta: float = 0.95,
+    adam_betas: tuple[float, float] = (0.95, 0.95),
+    eps: float = 1e-8,
+    steps: int = 5,
+    polar_method: Union[str, Orthogonalizer] = "polar_express_gptopt",
+    compute_dtype: Any = "bfloat16",
+    global_scale: bool = False,
+    truncate: bool = False,
+    truncate_loss: Optional[float] = 0.0,
+    clamp_nonnegative: bool = True,
+    stale_nuc: bool = True,
+    mu_dtype: Optional[jnp.dtype] = None,
+    dimension_numbers: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""MuonAdam (Gower et al.): polar-factor steps on matrices, Adam on the rest, one lr.
+
+  Muon leaves: ``M_1 = G_1``, ``M ← βM + (1−β)G``,
+  ``W ← W(1 − ηλ) − η_t·s·polar(M)``. Adam leaves (no bias correction,
+  ``m_1 = g_1``, ``v_1 = g_1²``): ``w ← w(1 − ηλ) − η_t·m/(eps + √v)``. No
+  shape scale factor. ``global_scale=True`` is MuonMax (:func:`muon_max`);
+  ``truncate=True`` adds Momo (:func:`momo`); otherwise ``η_t = η``. Built on
+  :func:`gower_optimizer` (one transform over the full
+  tree, because MuonMax's and Momo's sums span both branches).
+
+  Call ``tx.update(grads, state, params, value=loss)``: ``value`` is required
+  with ``truncate=True`` and ignored otherwise. Under
+  ``optax.inject_hyperparams`` pass ``static_args=("steps",)`` (the iteration
+  count is static) and keep ``compute_dtype`` a string or ``None``.
+
+  Args:
+    learning_rate: base η (float or schedule) of both branches.
+    muon_lr_scale: ``s``, the Muon leaves' lr multiplier.
+    weight_decay: decay λ of every leaf, with the base η.
+    weight_decay_mode: ``"decoupled"`` or ``"cautious"``.
+    beta: Muon momentum β.
+    adam_betas: Adam ``(β₁, β₂)``; Momo needs ``β₁ == beta``.
+    eps: Adam epsilon.
+    steps: Newton–Schulz iterations.
+    polar_method: ``"polar_express_gptopt"`` (GPT-opt's ``"polar_express"``),
+      ``"keller"`` (GPT-opt's ``"jordan"``), ``"svd"`` or a callable.
+    compute_dtype: Newton–Schulz dtype (bfloat16 as GPT-opt; ``None`` = the
+      momentum's dtype).
+    global_scale: multiply Muon steps by ``N = Σ_Muon <M_l, polar(M_l)>``
+      (MuonMax).
+    truncate: Momo truncation of the step size.
+    truncate_loss: Momo's ``f*`` (``None`` disables truncation).
+    clamp_nonnegative: clamp the Momo numerator at 0 (``False`` = GPT-opt).
+    stale_nuc: use last step's ``<M, polar(M)>`` (fresh at step 1) in ``N``
+      and in Momo's denominator, as GPT-opt does.
+    mu_dtype: dtype of the moment buffers.
+    dimension_numbers: routing, decided at ``init`` (default rules: hidden
+      matrices and stacks to Muon; embeddings, heads, vectors to Adam; see
+      :func:`muonjax.routing.routed`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  References:
+    Gower et al., arXiv 2510.09827, https://github.com/modichirag/GPT-opt
+    (``muonadam.py``, ``muonmax_momo.py``, ``muonadam_momo.py``).
+  """
+  check_learning_rate("learning_rate", learning_rate)
+  try:
+    adam_b1, adam_b2 = adam_betas
+  except (TypeError, ValueError):
+    raise ValueError(f"adam_betas must be a pair (beta1, beta2); got {adam_betas!r}") from None
+  check_unit_interval("adam_betas[0]", adam_b1)
+  check_unit_interval("adam_betas[1]", adam_b2)
+  orthogonalizer = gptopt_orthogonalizer(polar_method, steps=steps, compute_dtype=compute_dtype)
+
+  def build(dims):
+    return gower_optimizer(
+        learning_rate, variant="muon_max" if global_scale else "muon_adam",
+        muon_lr_scale=muon_lr_scale, weight_decay=weight_decay,
+        weight_decay_mode=weight_decay_mode, beta=beta, adam_b1=adam_b1, adam_b2=adam_b2,
+        eps=eps, orthogonalizer=orthogonalizer, stale_nuc=stale_nuc, truncate=truncate,
+        truncate_loss=truncate_loss, clamp_nonnegative=clamp_nonnegative, mu_dtype=mu_dtype,
+        dimension_numbers=dims)
+
+  build(None)  # bad hyperparameters fail now, not at init
+  return routing.routed(build, dimension_numbers)
+
+
+def muon_max(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    *,
+    muon_lr_scale: float = 10.0,
+    weight_decay: float = 0.1,
+    weight_decay_mode: DecayMode = "decoupled",
+    beta: float = 0.95,
+    adam_betas: tuple[float, float] = (0.95, 0.95),
+    eps: float = 1e-8,
+    steps: int = 5,
+    polar_method: Union[str, Orthogonalizer] = "polar_express_gptopt",
+    compute_dtype: Any = "bfloat16",
+    truncate: bool = False,
+    truncate_loss: Optional[float] = 0.0,
+    clamp_nonnegative: bool = True,
+    stale_nuc: bool = True,
+    mu_dtype: Optional[jnp.dtype] = None,
+    dimension_numbers: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""MuonMax (Gower et al.): MuonAdam with Muon steps scaled by the global dual norm.
+
+  ``W ← W(1 − ηλ) − η_t·s·N·polar(M)`` with the tree-wide scalar
+  ``N = Σ_Muon <M_l, polar(M_l)>`` (≈ Σ‖M_l‖_*; last step's per-leaf values
+  when ``stale_nuc``, fresh at step 1) from
+  :func:`muonjax.scale_by_global_nuclear_norm`; Adam leaves
+  as :func:`muon_adam`. ``truncate=True`` adds Momo with
+  ``D² = s·N² + Σ_Adam Σ m²/(eps + √v)``.
+
+  Args:
+    learning_rate: base η.
+    other arguments: as :func:`muon_adam` (no ``global_scale``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  References:
+    Gower et al., arXiv 2510.09827, https://github.com/modichirag/GPT-opt
+    (``muonmax_momo.py``).
+  """
+  return muon_adam(
+      learning_rate, global_scale=True,
+      muon_lr_scale=muon_lr_scale, weight_decay=weight_decay,
+      weight_decay_mode=weight_decay_mode, beta=beta, adam_betas=adam_betas, eps=eps,
+      steps=steps, polar_method=polar_method, compute_dtype=compute_dtype,
+      truncate=truncate, truncate_loss=truncate_loss,
+      clamp_nonnegative=clamp_nonnegative, stale_nuc=stale_nuc, mu_dtype=mu_dtype,
+      dimension_numbers=dimension_numbers)
+
+
+def momo(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    *,
+    base: str = "muon_max",
+    muon_lr_scale: float = 10.0,
+    weight_decay: float = 0.1,
+    weight_decay_mode: DecayMode = "decoupled",
+    beta: float = 0.95,
+    adam_betas: tuple[float, float] = (0.95, 0.95),
+    eps: float = 1e-8,
+    steps: int = 5,
+    polar_method: Union[str, Orthogonalizer] = "polar_express_gptopt",
+    compute_dtype: Any = "bfloat16",
+    truncate_loss: Optional[float] = 0.0,
+    clamp_nonnegative: bool = True,
+    stale_nuc: bool = True,
+    mu_dtype: Optional[jnp.dtype] = None,
+    dimension_numbers: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Momo-truncated MuonMax (default) or MuonAdam: ``base(..., truncate=True)``.
+
+  ``η_t = min(η, max(f̄ − f* + Σ<W, M>, 0) / D)`` with ``f̄`` the EMA (β) of
+  ``loss − Σ<W, G>`` (``f̄_1`` = its first value), sums over **all** leaves, and
+  ``D = D²`` (MuonMax) or ``D₁`` (MuonAdam); weight decay keeps the base η.
+  ``f* = truncate_loss = 0`` by default. The numerator is clamped at 0 unless
+  ``clamp_nonnegative=False`` (GPT-opt has no clamp: a negative numerator
+  reverses the step). Requires ``beta == adam_betas[0]``.
+
+  Call ``tx.update(grads, state, params, value=loss)``; without ``value`` the
+  update raises ``ValueError``.
+
+  Args:
+    learning_rate: base η.
+    base: ``"muon_max"`` or ``"muon_adam"``.
+    other arguments: as :func:`muon_adam` (no ``global_scale``, ``truncate``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  References:
+    Gower et al., arXiv 2510.09827, https://github.com/modichirag/GPT-opt
+    (``muonmax_momo.py``, ``muonadam_momo.py``); Schaipp et al., MoMo,
+    arXiv 2305.07583.
+  """
+  check_choice("base", base, ("muon_max", "muon_adam"))
+  return muon_adam(
+      learning_rate, global_scale=base == "muon_max", truncate=True,
+      muon_lr_scale=muon_lr_scale, weight_decay=weight_decay,
+      weight_decay_mode=weight_decay_mode, beta=beta, adam_betas=adam_betas, eps=eps,
+      steps=steps, polar_method=polar_method, compute_dtype=compute_dtype,
+      truncate_loss=truncate_loss, clamp_nonnegative=clamp_nonnegative,
+      stale_nuc=stale_nuc, mu_dtype=mu_dtype, dimension_numbers=dimension_numbers)
