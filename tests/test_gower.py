@@ -345,7 +345,8 @@ def test_gptopt_coefficients_match_spec_ranges():
 def test_state_shapes_and_dtypes():
   params = {k: jnp.zeros(s) for k, s in SHAPES.items()}
   state = mj.momo(base="muon_max").init(params)
-  assert isinstance(state, GowerState)
+  # The routing decided at init wraps the optimizer's own state (muonjax.routing.RoutedState).
+  assert isinstance(state.inner, GowerState)
   shapes = lambda t: {k: (v.shape, v.dtype) for k, v in t.items()
                       if not isinstance(v, optax.MaskedNode)}
   f32 = jnp.float32
@@ -417,9 +418,9 @@ def test_inject_hyperparams(name):
   factory = getattr(mj, name)
   # Newton–Schulz (static steps) for MuonMax, the exact polar factor for Momo.
   kwargs = dict(compute_dtype=None) if name == "muon_max" else dict(polar_method="svd")
-  # muon_max / momo forward **kwargs to muon_adam, so steps is not in their
-  # signature and inject_hyperparams never traces it.
-  static = ("steps",) if name == "muon_adam" else ()
+  # steps is in every alias's signature (the iteration count is static): pass it
+  # as a static argument, as the aliases' docstrings say.
+  static = ("steps",)
   tx = optax.inject_hyperparams(factory, static_args=static)(learning_rate=1e-3, **kwargs)
   _check_injected_lr(tx, factory(1e-3, **kwargs), momo=name == "momo")
 
