@@ -56,6 +56,7 @@ import optax
 from optax._src import numerics
 
 from muonjax.transforms import dimensions
+from muonjax.transforms.dtypes import require_real
 from muonjax.transforms.momentum import momentum
 from muonjax.transforms.orthogonalize import (
     Orthogonalizer,
@@ -457,6 +458,9 @@ def gower_optimizer(
       optax.scale_by_learning_rate(learning_rate))
 
   def init_fn(params):
+    # Every leaf: the Adam branch squares gradients and Momo takes real inner products.
+    require_real("gower_optimizer (muon_adam, muon_max, momo)", None, params,
+                 "real Adam second moments and real inner products across leaves")
     return GowerState(
         muon_momentum=muon_mom.init(params), adam_momentum=adam_mom.init(params),
         adam_second_moment=adam_nu.init(params), orthogonalize=polar_stage.init(params),
