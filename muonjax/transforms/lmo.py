@@ -43,8 +43,12 @@ from muonjax.transforms.scale import shape_factor
 from muonjax.transforms.validation import check_choice, check_non_negative
 from muonjax.transforms.weight_decay import weight_decay as weight_decay_stage
 
-KINDS = ("spectral", "sign", "colnorm", "rownorm", "bias_rms", "auto")
+KINDS = ("spectral", "spectral_conv", "sign", "colnorm", "rownorm", "bias_rms", "auto")
 MATRIX_KINDS = ("spectral", "sign", "colnorm", "rownorm")
+# A path component naming a convolution (nnx.Conv attributes such as ``conv1``,
+# linen's ``Conv_0``, ``ConvTranspose``): rank >= 3 leaves under it are kernels
+# ``(*spatial, in, out)`` and get SpectralConv in the automatic rules.
+CONV_PATTERN = re.compile(r"conv", re.IGNORECASE)
 # Default of ``normalized`` per kind (Scion's constructor defaults).
 _NORMALIZED_DEFAULT = {"spectral": True, "sign": True, "colnorm": False, "rownorm": True}
 EPS = 1e-8
@@ -84,6 +88,41 @@ def spectral(d: jax.Array, normalized: bool = True, max: bool = False, *,  # pyl
   factor = _spectral_factor(d.shape[-2], d.shape[-1], normalized, max)
   return newton_schulz(d, "keller", steps, compute_dtype=compute_dtype) * jnp.asarray(
       factor, d.dtype)
+
+
+def spectral_conv(d: jax.Array, *, steps: int = 5,
+                  compute_dtype: Optional[jnp.dtype] = None) -> jax.Array:
+  r"""SpectralConv LMO on a Flax conv kernel ``(*spatial, in, out)`` (Scion ``SpectralConv``).
+
+  Scion's PyTorch code takes a kernel ``(out, in, k, k)``, runs Keller's NS5 on
+  its ``(out, in·k·k)`` view and multiplies by ``sqrt(out / in) / k²``
+  (``/ k`` for a 1-D ``(out, in, k)`` kernel). In Flax layout the same matrix,
+  transposed and with its ``in·k·k`` axis permuted, is the
+  ``(k·k·in, out)`` view of ``(kh, kw, in, out)``; the polar factor commutes
+  with transposes and permutations, so the result is the same array in Flax
+  layout. The factor is ``sqrt(out / in) / prod(spatial)``: ``in`` is the
+  channel count, not the fan-in, and ``prod(spatial) = k²`` for the square
+  kernels of the reference (``kh·kw`` generalizes it to non-square ones).
+
+  Args:
+    d: array of rank >= 3, ``(*spatial, in, out)``.
+    steps: Newton-Schulz iterations (Scion's default 5; airbench uses 9).
+    compute_dtype: iteration dtype (Scion runs bfloat16); default ``d.dtype``.
+
+  Returns:
+    Array with the shape and dtype of ``d``.
+
+  References:
+    ``SpectralConv`` in https://github.com/LIONS-EPFL/scion/blob/main/scion.py.
+  """
+  if d.ndim < 3:
+    raise ValueError(f"spectral_conv needs a kernel (*spatial, in, out) of rank >= 3; "
+                     f"got shape {tuple(d.shape)}")
+  n_in, n_out = d.shape[-2], d.shape[-1]
+  taps = math.prod(d.shape[:-2])
+  o = newton_schulz(d.reshape(taps * n_in, n_out), "keller", steps,
+                    compute_dtype=compute_dtype).reshape(d.shape)
+  return o * jnp.asarray(math.sqrt(n_out / n_in) / taps, d.dtype)
 
 
 def sign(d: jax.Array, normalized: bool = True) -> jax.Array:
@@ -168,9 +207,16 @@ class LMO:
   """Which LMO a leaf uses and its radius.
 
   Attributes:
-    kind: ``"spectral"``, ``"sign"``, ``"colnorm"``, ``"rownorm"``,
-      ``"bias_rms"`` or ``"auto"`` (Spectral for rank >= 2, per matrix of the
-      dimension-numbers view; BiasRMS for rank 0/1).
+    kind: ``"spectral"``, ``"spectral_conv"`` (a whole conv kernel
+      ``(*spatial, in, out)``, see :func:`spectral_conv`; dimension numbers do
+      not apply), ``"sign"``, ``"colnorm"``, ``"rownorm"``, ``"bias_rms"`` or
+      ``"auto"``: SpectralConv for a rank >= 3 leaf whose path names a
+      convolution (:data:`CONV_PATTERN`), otherwise Spectral for rank >= 2 (per
+      matrix of the dimension-numbers view) and BiasRMS for rank 0/1. Scion's
+      ``Auto`` sends every rank-3/4 tensor to SpectralConv; in JAX a rank-3 or
+      rank-4 leaf is as often a stack of dense layers (``(L, in, out)`` from
+      ``nnx.vmap``/scan, ``(L, E, in, out)`` experts), which must stay per-matrix
+      Spectral, so the path decides.
     scale: radius of the norm ball; the update is ``scale * lmo(d)``.
     normalized: Scion's ``normalized`` flag; ``None`` takes the kind's default
       (Spectral True, Sign True, ColNorm False, RowNorm True).
@@ -192,10 +238,12 @@ class LMO:
     if self.steps < 1:
       raise ValueError(f"steps must be >= 1; got {self.steps}")
 
-  def resolved(self, ndim: int) -> "LMO":
-    """``auto`` replaced by the concrete kind for a leaf of rank ``ndim``."""
+  def resolved(self, ndim: int, path: str = "") -> "LMO":
+    """``auto`` replaced by the concrete kind for a leaf of rank ``ndim`` at ``path``."""
     if self.kind != "auto":
       return self
+    if ndim >= 3 and CONV_PATTERN.search(path):
+      return dataclasses.replace(self, kind="spectral_conv")
     return dataclasses.replace(self, kind="spectral" if ndim >= 2 else "bias_rms")
 
   def apply(self, d: jax.Array, *, compute_dtype: Optional[jnp.dtype] = None) -> jax.Array:
@@ -204,6 +252,8 @@ class LMO:
     normalized = _NORMALIZED_DEFAULT.get(lmo.kind) if lmo.normalized is None else lmo.normalized
     if lmo.kind == "spectral":
       out = spectral(d, normalized, lmo.max, steps=lmo.steps, compute_dtype=compute_dtype)
+    elif lmo.kind == "spectral_conv":
+      out = spectral_conv(d, steps=lmo.steps, compute_dtype=compute_dtype)
     elif lmo.kind == "sign":
       out = sign(d, normalized)
     elif lmo.kind == "colnorm":
@@ -268,7 +318,10 @@ def _per_leaf(fn, lmos: LMOTree, dimension_numbers, tree: Any) -> Any:
     if lmo is None:
       out.append(leaf)
       continue
-    lmo = lmo.resolved(leaf.ndim)
+    lmo = lmo.resolved(leaf.ndim, path)
+    if lmo.kind == "spectral_conv" and leaf.ndim < 3:
+      raise ValueError(f"LMO 'spectral_conv' needs a conv kernel (*spatial, in, out) of rank "
+                       f">= 3; leaf {path} has shape {tuple(leaf.shape)}")
     view = _matrix_view(path, leaf, dn, lmo.kind) if lmo.kind in MATRIX_KINDS else None
     out.append(fn(path, leaf, lmo, view))
   return treedef.unflatten(out)
@@ -315,8 +368,8 @@ def scale_by_lmo(
   def update_fn(updates, state, params=None):
     del params
     def apply(path, leaf, lmo, view):
-      if view is None:
-        return lmo.apply(leaf).astype(leaf.dtype)
+      if view is None:  # vectors and whole conv kernels
+        return lmo.apply(leaf, compute_dtype=compute_dtype).astype(leaf.dtype)
       mats = lmo.apply(view.to_matrices(leaf), compute_dtype=compute_dtype)
       return view.from_matrices(mats).astype(leaf.dtype)
     return _per_leaf(apply, lmos, dimension_numbers, updates), state
@@ -393,6 +446,9 @@ def _default_lmo(path_names: list[str], leaf, *, overrides, hidden, head, embedd
     return head
   if role == "embedding":
     return embedding
+  if (len(leaf.shape) >= 3 and hidden is not None and hidden.kind in ("spectral", "auto")
+      and any(CONV_PATTERN.search(name) for name in path_names)):
+    return dataclasses.replace(hidden, kind="spectral_conv")  # Scion's Auto on conv kernels
   return hidden
 
 
@@ -417,6 +473,13 @@ def scion_default_lmos(
   * a component naming an embedding (``embed``, ``embedding``, ``wte``,
     ``wpe``, ...): ``embedding`` = ColNorm(transpose=True), scale 1, i.e. per
     token RMS 1;
+  * a rank >= 3 leaf under a component naming a convolution
+    (:data:`CONV_PATTERN`: ``conv1``, ``Conv_0``, ...): ``hidden``'s radius
+    and steps with kind SpectralConv, as Scion's ``Auto`` (only when ``hidden``
+    is Spectral or auto). Rank alone cannot tell a conv kernel
+    ``(kh, kw, in, out)`` from a stack of dense layers ``(L, in, out)`` or
+    ``(L, E, in, out)``, so the name decides; override a conv named otherwise
+    with ``overrides={"my_layer": "spectral_conv"}``;
   * everything else of rank >= 2 (hidden kernels, stacks, MoE routers):
     ``hidden`` = Spectral, scale 3, per matrix.
 
@@ -475,6 +538,8 @@ def scion_init(params: Any, lmos: LMOTree, key: jax.Array, *,
 
   * Spectral: random semi-orthogonal times ``sqrt(n_out/n_in)`` (or
     ``sqrt(n_out)``, ``max(1, .)``): spectral norm exactly that factor;
+  * SpectralConv: one random semi-orthogonal ``(in, out)`` per spatial tap
+    times ``sqrt(out/in) / prod(spatial)``;
   * Sign: random ``+-1/n_in`` (``+-1`` unnormalized);
   * ColNorm: Gaussian with every row (input feature; token of an embedding)
     rescaled to RMS 1 (``/ n_in`` more when normalized);
@@ -500,6 +565,10 @@ def scion_init(params: Any, lmos: LMOTree, key: jax.Array, *,
 
   def init(path, leaf, lmo, view):
     leaf_key = jax.random.fold_in(key, next(counter))
+    if lmo.kind == "spectral_conv":  # one semi-orthogonal (in, out) per tap, as Scion
+      taps, n_in, n_out = math.prod(leaf.shape[:-2]), leaf.shape[-2], leaf.shape[-1]
+      mats = _orthogonal(leaf_key, taps, n_in, n_out) * (math.sqrt(n_out / n_in) / taps)
+      return (mats * lmo.scale).reshape(leaf.shape).astype(leaf.dtype)
     if view is None:
       return jnp.zeros_like(leaf)
     mats = _init_matrices(leaf_key, lmo, view.batch, view.n_in, view.n_out) * lmo.scale
