@@ -201,3 +201,25 @@ def test_variants_without_complex_form_raise_at_init(name, factory):
 def test_stages_without_complex_form_raise_at_init(stage):
   with pytest.raises(ValueError, match=r"complex.*\['w'\]"):
     stage().init({"w": jnp.zeros((3, 5), jnp.complex64)})
+
+
+# --- Scion's LMOs on complex leaves -------------------------------------------------
+
+
+def test_scion_lmos_on_complex_leaves_use_moduli():
+  rng = np.random.default_rng(7)
+  d = complex_normal(rng, (4, 6))
+  v = complex_normal(rng, (6,))
+  mod2 = np.abs(d) ** 2
+  expected = {
+      "spectral": np.asarray(mj.newton_schulz(jnp.asarray(d))) * np.sqrt(6 / 4),
+      "sign": (d / np.abs(d)) / 4,
+      "colnorm": d / (np.sqrt(mod2.sum(-1, keepdims=True)) / np.sqrt(6) + 1e-8),
+      "rownorm": d / (np.sqrt(mod2.sum(-2, keepdims=True)) * np.sqrt(4) + 1e-8),
+  }
+  for kind, ref in expected.items():
+    out = mj.LMO(kind).apply(jnp.asarray(d))
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-6, err_msg=kind)
+  out = mj.LMO("bias_rms").apply(jnp.asarray(v))
+  np.testing.assert_allclose(np.asarray(out), v / (np.sqrt(np.mean(np.abs(v) ** 2)) + 1e-8),
+                             rtol=1e-5)

@@ -7,6 +7,10 @@ direction of the averaged gradient ``d``. The constrained (Frank-Wolfe) form
 then steps ``W <- (1 - eta) W - eta u``; the unconstrained form (uSCG) drops the
 ``(1 - eta)``.
 
+Complex leaves: norms use ``|d|`` and Newton-Schulz the conjugate transpose, so
+every LMO is the extreme point for the real inner product ``Re <d, u>``
+(Sign's ``jnp.sign(d) = d / |d|`` is the complex max-norm LMO).
+
 Every formula here is in Flax layout: a kernel is ``(n_in, n_out)`` (the
 PyTorch reference stores ``(out, in)``), so Scion's *ColNorm* (one statistic
 per input feature) normalizes the **rows** of a Flax kernel (reduce over axis
@@ -158,7 +162,7 @@ def colnorm(d: jax.Array, normalized: bool = False, transpose: bool = False, *,
   """
   del transpose  # already input-major (see module docstring)
   n_in, n_out = d.shape[-2], d.shape[-1]
-  rms = jnp.sqrt(jnp.sum(jnp.square(d), axis=-1, keepdims=True)) / math.sqrt(n_out)
+  rms = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(d)), axis=-1, keepdims=True)) / math.sqrt(n_out)
   if normalized:
     rms = rms * n_in
   return d / (rms + eps)
@@ -180,7 +184,7 @@ def rownorm(d: jax.Array, normalized: bool = True, transpose: bool = False, *,
     eps: added to the norm.
   """
   del transpose
-  norm = jnp.sqrt(jnp.sum(jnp.square(d), axis=-2, keepdims=True))
+  norm = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(d)), axis=-2, keepdims=True))
   if normalized:
     norm = norm * math.sqrt(d.shape[-2])
   return d / (norm + eps)
@@ -194,7 +198,7 @@ def bias_rms(g: jax.Array, *, eps: float = EPS) -> jax.Array:
   """
   if g.ndim == 0:
     return g / (jnp.abs(g) + eps)
-  rms = jnp.sqrt(jnp.mean(jnp.square(g), axis=-1, keepdims=True))
+  rms = jnp.sqrt(jnp.mean(jnp.square(jnp.abs(g)), axis=-1, keepdims=True))
   return g / (rms + eps)
 
 
