@@ -47,10 +47,18 @@ def test_converged_methods_match_exact_complex_polar_factor(shape, method):
     out = mj.polar_factor(jnp.asarray(x))
   elif method == "polar_express":
     out = mj.polar_express(jnp.asarray(x), steps=10)
-  else:  # (1.5, -0.5, 0): converges to U V^H for sigma in (0, sqrt(3))
+  else:  # (2, -1.5, 0.5) every step: converges to U V^H
     out = mj.newton_schulz(jnp.asarray(x), "exact_cubic", 60)
   assert out.dtype == jnp.complex64 and out.shape == shape
   np.testing.assert_allclose(np.asarray(out), exact_polar(x), atol=1e-5)
+
+
+def test_optax_cubic_check_on_complex():
+  # optax's test: (2, -1.5, 0.5) for 10 steps on a complex (4, 3) matrix gives
+  # O^H O = I (atol 1e-5 on CPU/GPU).
+  x = jax.random.normal(jax.random.key(0), (4, 3), dtype=jnp.complex64)
+  o = np.asarray(mj.newton_schulz(x, (2.0, -1.5, 0.5), 10, eps=1e-8), np.complex128)
+  np.testing.assert_allclose(o.conj().T @ o, np.eye(3), atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -162,6 +170,12 @@ def test_keller_muon_and_polar_muon_train_complex():
     assert updates["w"].dtype == jnp.complex64
     assert np.isfinite(np.asarray(updates["w"])).all()
     assert np.abs(np.asarray(updates["w"]).imag).max() > 0
+
+
+def test_svd_method_keeps_complex_under_a_real_compute_dtype():
+  x = complex_normal(np.random.default_rng(8), (3, 5))
+  ortho = mj.make_orthogonalizer("svd", compute_dtype=jnp.float32)
+  np.testing.assert_allclose(np.asarray(ortho(jnp.asarray(x))), exact_polar(x), atol=1e-5)
 
 
 def test_weight_decay_on_complex():
