@@ -57,6 +57,7 @@ import optax
 from muonjax import routing
 from muonjax.optimizers.base import check_learning_rate
 from muonjax.transforms import dimensions
+from muonjax.transforms.dtypes import require_real
 from muonjax.transforms.global_nuclear_norm import (
     POLAR_METHODS,
     f32_vdot,
@@ -214,6 +215,9 @@ def gower_optimizer(
       optax.scale_by_learning_rate(learning_rate))
 
   def init_fn(params):
+    # Every leaf: the Adam branch squares gradients and Momo takes real inner products.
+    require_real("gower_optimizer (muon_adam, muon_max, momo)", None, params,
+                 "real Adam second moments and real inner products across leaves")
     return GowerState(
         muon_momentum=muon_mom.init(params), adam_momentum=adam_mom.init(params),
         adam_second_moment=adam_nu.init(params), orthogonalize=polar_stage.init(params),

@@ -7,6 +7,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Mapping, Optional
 
@@ -17,6 +18,7 @@ import optax
 from muonjax import routing
 from muonjax.optimizers.base import check_learning_rate
 from muonjax.transforms.lmo import (
+    CONV_PATTERN,
     LMO,
     LMOSpec,
     as_lmo,
@@ -39,6 +41,9 @@ def _default_lmo(names: tuple[str, ...], leaf, *, overrides, hidden, head, embed
     return head
   if role == "embedding":
     return embedding
+  if (len(leaf.shape) >= 3 and hidden is not None and hidden.kind in ("spectral", "auto")
+      and any(CONV_PATTERN.search(name) for name in names)):
+    return dataclasses.replace(hidden, kind="spectral_conv")  # Scion's Auto on conv kernels
   return hidden
 
 
@@ -63,6 +68,13 @@ def scion_default_lmos(
   * a component naming an embedding (``embed``, ``embedding``, ``wte``,
     ``wpe``, ...): ``embedding`` = ColNorm(transpose=True), scale 1, i.e. per
     token RMS 1;
+  * a rank >= 3 leaf under a component naming a convolution
+    (:data:`muonjax.transforms.lmo.CONV_PATTERN`: ``conv1``, ``Conv_0``, ...):
+    ``hidden``'s radius and steps with kind SpectralConv, as Scion's ``Auto``
+    (only when ``hidden`` is Spectral or auto). Rank alone cannot tell a conv
+    kernel ``(kh, kw, in, out)`` from a stack of dense layers ``(L, in, out)``
+    or ``(L, E, in, out)``, so the name decides; override a conv named
+    otherwise with ``overrides={"my_layer": "spectral_conv"}``;
   * everything else of rank >= 2 (hidden kernels, stacks, MoE routers):
     ``hidden`` = Spectral, scale 3, per matrix.
 

@@ -2,11 +2,17 @@
 
 One quintic step on a wide matrix X (m <= n)::
 
-    A = X X^T;   B = b A + c A A;   X <- a X + B X
+    A = X X^H;   B = b A + c A A;   X <- a X + B X
 
 maps every singular value through ``p(s) = a s + b s^3 + c s^5`` and leaves the
 singular vectors alone. Tall inputs are transposed first so the Gram matrix lives
 on the short side; NS(X^T) = NS(X)^T exactly. Leading axes are batch axes.
+
+Complex matrices: ``X^H`` is the conjugate transpose (``X^T`` for real inputs),
+norms use ``|x|``, coefficients stay real, so the iteration approximates the
+unitary polar factor ``U V^H`` of ``X = U S V^H`` (as optax.contrib.muon's
+``x @ x.T.conj()``). The plain transpose of tall inputs still commutes with the
+map: ``X^T = conj(V) S U^T`` has polar factor ``(U V^H)^T``.
 
 References:
   Jordan, Muon (https://kellerjordan.github.io/posts/muon/,
@@ -37,7 +43,7 @@ def _gram(x: jax.Array, backend: str = "xla") -> jax.Array:
   if backend == "pallas":
     from muonjax.kernels import symmetric
     return symmetric.gram(x)
-  return jnp.einsum("...ik,...jk->...ij", x, x)
+  return jnp.einsum("...ik,...jk->...ij", x, jnp.conj(x))  # X X^H (conj is free on reals)
 
 
 def quintic_step(x: jax.Array, gram: jax.Array, abc: jax.Array,
@@ -50,7 +56,7 @@ def quintic_step(x: jax.Array, gram: jax.Array, abc: jax.Array,
 
   Args:
     x: wide ``(..., m, n)`` iterate (``m <= n``).
-    gram: ``A = X Xᵀ``, shape ``(..., m, m)``.
+    gram: ``A = X Xᴴ`` (``X Xᵀ`` for real ``X``), shape ``(..., m, m)``.
     abc: the step's coefficients ``(a, b, c)`` (float32 or wider).
     backend: ``"xla"`` or ``"pallas"`` (symmetric product kernel).
 
@@ -65,6 +71,13 @@ def quintic_step(x: jax.Array, gram: jax.Array, abc: jax.Array,
   else:
     b_mat = (abc[1] * gram + abc[2] * (gram @ gram)).astype(x.dtype)
   return (abc[0] * x + b_mat @ x).astype(x.dtype)
+
+
+def _abs_square(x: jax.Array) -> jax.Array:
+  """``|x|^2`` elementwise, real for complex ``x`` (``x^2`` for real ``x``)."""
+  if jnp.iscomplexobj(x):
+    return jnp.square(x.real) + jnp.square(x.imag)
+  return jnp.square(x)
 
 
 def _scaled_by_max(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -94,7 +107,7 @@ def divide_by_norm(x, norm, safety, eps, amax):
 
 def _frobenius_normalize(x, safety, eps):
   x, amax = _scaled_by_max(x)
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
+  norm = jnp.sqrt(jnp.sum(_abs_square(x), axis=(-2, -1), keepdims=True))
   return divide_by_norm(x, norm, safety, eps, amax)
 
 
@@ -114,9 +127,9 @@ def _aol_first_step(x, abc, eps, backend="xla"):
 
 
 def _schatten_first_step(x, abc, eps, backend="xla"):
-  """Scale by 1/||X||_{S4} = 1/sqrt(||X X^T||_F) inside the first iteration."""
+  """Scale by 1/||X||_{S4} = 1/sqrt(||X X^H||_F) inside the first iteration."""
   gram = _gram(x, backend)
-  fro = jnp.sqrt(jnp.sum(jnp.square(gram), axis=(-2, -1), keepdims=True))
+  fro = jnp.sqrt(jnp.sum(_abs_square(gram), axis=(-2, -1), keepdims=True))
   s = jax.lax.rsqrt(jnp.maximum(fro, eps))
   return quintic_step(x * s, gram * s * s, abc, backend)
 
@@ -134,8 +147,12 @@ def newton_schulz(
 ) -> jax.Array:
   r"""Approximate the polar factor ``U V^T`` of every matrix in ``x``.
 
+  Complex ``x`` gives the unitary polar factor ``U V^H`` (the iteration uses the
+  conjugate transpose; see the module docstring).
+
   Args:
-    x: array of shape ``(..., m, n)``; leading axes are batch axes.
+    x: array of shape ``(..., m, n)``, real or complex; leading axes are batch
+      axes.
     coeffs: a preset name (``"keller"``, ``"dion"``, ``"polar_express"``,
       ``"polar_express_modded"``, ``"exact_cubic"``, ``"polar_express_gptopt"``),
       a ``(3,)`` triple or a ``(rows, 3)`` table. Tables shorter than ``steps``
@@ -150,12 +167,17 @@ def newton_schulz(
       (1.01 for Polar Express, 1.02 for the modded table, else 1).
     eps: additive epsilon of the normalization; defaults to the set's own.
     compute_dtype: dtype of the iteration (e.g. ``jnp.bfloat16``); the norm is
-      taken in the input dtype first. Defaults to the input dtype.
+      taken in the input dtype first. Defaults to the input dtype. For complex
+      ``x`` a real compute dtype selects the complex dtype of at least that
+      precision (``bfloat16``/``float32`` -> ``complex64``, ``float64`` ->
+      ``complex128``; XLA has no half-precision complex type).
     backend: ``"xla"`` (plain XLA matmuls), ``"pallas"`` (the symmetric
       kernels of :mod:`muonjax.kernels` for ``X X^T`` and ``b A + c A A``; on
       CPU they run in interpret mode: slow, for tests) or ``"auto"``: XLA on
       CPU and wherever no Pallas threshold has been measured, which today is
-      everywhere (:data:`muonjax.kernels.PALLAS_MIN_SHORT_EDGE`).
+      everywhere (:data:`muonjax.kernels.PALLAS_MIN_SHORT_EDGE`). The Pallas
+      kernels are real-only: ``"pallas"`` with complex ``x`` raises
+      ``ValueError`` and ``"auto"`` runs complex inputs on XLA.
 
   Returns:
     An array with the shape and dtype of ``x``. Zero matrices map to zero.
@@ -178,11 +200,20 @@ def newton_schulz(
   compute_dtype = out_dtype if compute_dtype is None else jnp.dtype(compute_dtype)
   if not jnp.issubdtype(out_dtype, jnp.inexact):
     raise ValueError(f"newton_schulz expects a floating array; got {out_dtype}")
+  complex_input = jnp.issubdtype(out_dtype, jnp.complexfloating)
+  if complex_input:
+    if backend == "pallas":
+      raise ValueError("backend='pallas' has real kernels only; complex input "
+                       f"({out_dtype}) needs backend='xla' or 'auto'")
+    compute_dtype = jnp.result_type(compute_dtype, jnp.complex64)
+  elif jnp.issubdtype(compute_dtype, jnp.complexfloating):
+    raise ValueError(
+        f"compute_dtype {compute_dtype} is complex but the input is real ({out_dtype})")
 
   tall = x.shape[-2] > x.shape[-1]
   if tall:
     x = jnp.swapaxes(x, -1, -2)
-  backend = resolve_backend(backend, x.shape[-2], x.shape[-1])
+  backend = "xla" if complex_input else resolve_backend(backend, x.shape[-2], x.shape[-1])
 
   first_eps = max(eps, 1e-30)
   if normalization == "frobenius":
@@ -192,7 +223,9 @@ def newton_schulz(
   elif normalization in ("aol", "schatten"):
     x, _ = _scaled_by_max(x)
   x = x.astype(compute_dtype)
-  table = jnp.asarray(rows, dtype=jnp.promote_types(compute_dtype, jnp.float32))
+  # Real coefficients (the real part's dtype for complex iterations).
+  table = jnp.asarray(rows, dtype=jnp.promote_types(
+      jnp.finfo(compute_dtype).dtype, jnp.float32))
 
   if normalization == "aol":
     x = _aol_first_step(x, table[0], first_eps, backend)
@@ -254,6 +287,9 @@ def polar_express(
 
 def polar_factor(x: jax.Array) -> jax.Array:
   """Exact polar factor ``U V^T`` via SVD, batched over leading axes.
+
+  Complex ``x = U S V^H`` gives the unitary factor ``U V^H`` (``vh`` from the
+  SVD is already ``V^H``).
 
   Singular directions with a singular value below ``max(m, n) * eps * sigma_max``
   map to zero, so ``polar_factor(0) = 0`` like the iterative methods. Runs in

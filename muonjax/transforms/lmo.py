@@ -7,6 +7,10 @@ direction of the averaged gradient ``d``. The constrained (Frank-Wolfe) form
 then steps ``W <- (1 - eta) W - eta u``; the unconstrained form (uSCG) drops the
 ``(1 - eta)``.
 
+Complex leaves: norms use ``|d|`` and Newton-Schulz the conjugate transpose, so
+every LMO is the extreme point for the real inner product ``Re <d, u>``
+(Sign's ``jnp.sign(d) = d / |d|`` is the complex max-norm LMO).
+
 Every formula here is in Flax layout: a kernel is ``(n_in, n_out)`` (the
 PyTorch reference stores ``(out, in)``), so Scion's *ColNorm* (one statistic
 per input feature) normalizes the **rows** of a Flax kernel (reduce over axis
@@ -27,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from typing import Any, Callable, Optional, Union
 
 import jax
@@ -40,8 +45,12 @@ from muonjax.transforms.scale import shape_factor
 from muonjax.transforms.validation import check_choice, check_non_negative
 from muonjax.transforms.weight_decay import weight_decay as weight_decay_stage
 
-KINDS = ("spectral", "sign", "colnorm", "rownorm", "bias_rms", "auto")
+KINDS = ("spectral", "spectral_conv", "sign", "colnorm", "rownorm", "bias_rms", "auto")
 MATRIX_KINDS = ("spectral", "sign", "colnorm", "rownorm")
+# A path component naming a convolution (nnx.Conv attributes such as ``conv1``,
+# linen's ``Conv_0``, ``ConvTranspose``): rank >= 3 leaves under it are kernels
+# ``(*spatial, in, out)`` and get SpectralConv in the automatic rules.
+CONV_PATTERN = re.compile(r"conv", re.IGNORECASE)
 # Default of ``normalized`` per kind (Scion's constructor defaults).
 _NORMALIZED_DEFAULT = {"spectral": True, "sign": True, "colnorm": False, "rownorm": True}
 EPS = 1e-8
@@ -83,6 +92,41 @@ def spectral(d: jax.Array, normalized: bool = True, max: bool = False, *,  # pyl
       factor, d.dtype)
 
 
+def spectral_conv(d: jax.Array, *, steps: int = 5,
+                  compute_dtype: Optional[jnp.dtype] = None) -> jax.Array:
+  r"""SpectralConv LMO on a Flax conv kernel ``(*spatial, in, out)`` (Scion ``SpectralConv``).
+
+  Scion's PyTorch code takes a kernel ``(out, in, k, k)``, runs Keller's NS5 on
+  its ``(out, in·k·k)`` view and multiplies by ``sqrt(out / in) / k²``
+  (``/ k`` for a 1-D ``(out, in, k)`` kernel). In Flax layout the same matrix,
+  transposed and with its ``in·k·k`` axis permuted, is the
+  ``(k·k·in, out)`` view of ``(kh, kw, in, out)``; the polar factor commutes
+  with transposes and permutations, so the result is the same array in Flax
+  layout. The factor is ``sqrt(out / in) / prod(spatial)``: ``in`` is the
+  channel count, not the fan-in, and ``prod(spatial) = k²`` for the square
+  kernels of the reference (``kh·kw`` generalizes it to non-square ones).
+
+  Args:
+    d: array of rank >= 3, ``(*spatial, in, out)``.
+    steps: Newton-Schulz iterations (Scion's default 5; airbench uses 9).
+    compute_dtype: iteration dtype (Scion runs bfloat16); default ``d.dtype``.
+
+  Returns:
+    Array with the shape and dtype of ``d``.
+
+  References:
+    ``SpectralConv`` in https://github.com/LIONS-EPFL/scion/blob/main/scion.py.
+  """
+  if d.ndim < 3:
+    raise ValueError(f"spectral_conv needs a kernel (*spatial, in, out) of rank >= 3; "
+                     f"got shape {tuple(d.shape)}")
+  n_in, n_out = d.shape[-2], d.shape[-1]
+  taps = math.prod(d.shape[:-2])
+  o = newton_schulz(d.reshape(taps * n_in, n_out), "keller", steps,
+                    compute_dtype=compute_dtype).reshape(d.shape)
+  return o * jnp.asarray(math.sqrt(n_out / n_in) / taps, d.dtype)
+
+
 def sign(d: jax.Array, normalized: bool = True) -> jax.Array:
   """Max-norm (ell_inf -> ell_1 dual) LMO: ``sign(d) / d_in`` (Scion ``Sign``).
 
@@ -116,7 +160,7 @@ def colnorm(d: jax.Array, normalized: bool = False, transpose: bool = False, *,
   """
   del transpose  # already input-major (see module docstring)
   n_in, n_out = d.shape[-2], d.shape[-1]
-  rms = jnp.sqrt(jnp.sum(jnp.square(d), axis=-1, keepdims=True)) / math.sqrt(n_out)
+  rms = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(d)), axis=-1, keepdims=True)) / math.sqrt(n_out)
   if normalized:
     rms = rms * n_in
   return d / (rms + eps)
@@ -138,7 +182,7 @@ def rownorm(d: jax.Array, normalized: bool = True, transpose: bool = False, *,
     eps: added to the norm.
   """
   del transpose
-  norm = jnp.sqrt(jnp.sum(jnp.square(d), axis=-2, keepdims=True))
+  norm = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(d)), axis=-2, keepdims=True))
   if normalized:
     norm = norm * math.sqrt(d.shape[-2])
   return d / (norm + eps)
@@ -152,7 +196,7 @@ def bias_rms(g: jax.Array, *, eps: float = EPS) -> jax.Array:
   """
   if g.ndim == 0:
     return g / (jnp.abs(g) + eps)
-  rms = jnp.sqrt(jnp.mean(jnp.square(g), axis=-1, keepdims=True))
+  rms = jnp.sqrt(jnp.mean(jnp.square(jnp.abs(g)), axis=-1, keepdims=True))
   return g / (rms + eps)
 
 
@@ -165,9 +209,16 @@ class LMO:
   """Which LMO a leaf uses and its radius.
 
   Attributes:
-    kind: ``"spectral"``, ``"sign"``, ``"colnorm"``, ``"rownorm"``,
-      ``"bias_rms"`` or ``"auto"`` (Spectral for rank >= 2, per matrix of the
-      dimension-numbers view; BiasRMS for rank 0/1).
+    kind: ``"spectral"``, ``"spectral_conv"`` (a whole conv kernel
+      ``(*spatial, in, out)``, see :func:`spectral_conv`; dimension numbers do
+      not apply), ``"sign"``, ``"colnorm"``, ``"rownorm"``, ``"bias_rms"`` or
+      ``"auto"``: SpectralConv for a rank >= 3 leaf whose path names a
+      convolution (:data:`CONV_PATTERN`), otherwise Spectral for rank >= 2 (per
+      matrix of the dimension-numbers view) and BiasRMS for rank 0/1. Scion's
+      ``Auto`` sends every rank-3/4 tensor to SpectralConv; in JAX a rank-3 or
+      rank-4 leaf is as often a stack of dense layers (``(L, in, out)`` from
+      ``nnx.vmap``/scan, ``(L, E, in, out)`` experts), which must stay per-matrix
+      Spectral, so the path decides.
     scale: radius of the norm ball; the update is ``scale * lmo(d)``.
     normalized: Scion's ``normalized`` flag; ``None`` takes the kind's default
       (Spectral True, Sign True, ColNorm False, RowNorm True).
@@ -189,10 +240,12 @@ class LMO:
     if self.steps < 1:
       raise ValueError(f"steps must be >= 1; got {self.steps}")
 
-  def resolved(self, ndim: int) -> "LMO":
-    """``auto`` replaced by the concrete kind for a leaf of rank ``ndim``."""
+  def resolved(self, ndim: int, path: str = "") -> "LMO":
+    """``auto`` replaced by the concrete kind for a leaf of rank ``ndim`` at ``path``."""
     if self.kind != "auto":
       return self
+    if ndim >= 3 and CONV_PATTERN.search(path):
+      return dataclasses.replace(self, kind="spectral_conv")
     return dataclasses.replace(self, kind="spectral" if ndim >= 2 else "bias_rms")
 
   def apply(self, d: jax.Array, *, compute_dtype: Optional[jnp.dtype] = None) -> jax.Array:
@@ -201,6 +254,8 @@ class LMO:
     normalized = _NORMALIZED_DEFAULT.get(lmo.kind) if lmo.normalized is None else lmo.normalized
     if lmo.kind == "spectral":
       out = spectral(d, normalized, lmo.max, steps=lmo.steps, compute_dtype=compute_dtype)
+    elif lmo.kind == "spectral_conv":
+      out = spectral_conv(d, steps=lmo.steps, compute_dtype=compute_dtype)
     elif lmo.kind == "sign":
       out = sign(d, normalized)
     elif lmo.kind == "colnorm":
@@ -265,7 +320,10 @@ def _per_leaf(fn, lmos: LMOTree, dimension_numbers, tree: Any) -> Any:
     if lmo is None:
       out.append(leaf)
       continue
-    lmo = lmo.resolved(leaf.ndim)
+    lmo = lmo.resolved(leaf.ndim, path)
+    if lmo.kind == "spectral_conv" and leaf.ndim < 3:
+      raise ValueError(f"LMO 'spectral_conv' needs a conv kernel (*spatial, in, out) of rank "
+                       f">= 3; leaf {path} has shape {tuple(leaf.shape)}")
     view = _matrix_view(path, leaf, dn, lmo.kind) if lmo.kind in MATRIX_KINDS else None
     out.append(fn(path, leaf, lmo, view))
   return treedef.unflatten(out)
@@ -312,8 +370,8 @@ def scale_by_lmo(
   def update_fn(updates, state, params=None):
     del params
     def apply(path, leaf, lmo, view):
-      if view is None:
-        return lmo.apply(leaf).astype(leaf.dtype)
+      if view is None:  # vectors and whole conv kernels
+        return lmo.apply(leaf, compute_dtype=compute_dtype).astype(leaf.dtype)
       mats = lmo.apply(view.to_matrices(leaf), compute_dtype=compute_dtype)
       return view.from_matrices(mats).astype(leaf.dtype)
     return _per_leaf(apply, lmos, dimension_numbers, updates), state
@@ -412,6 +470,8 @@ def scion_init(params: Any, lmos: LMOTree, key: jax.Array, *,
 
   * Spectral: random semi-orthogonal times ``sqrt(n_out/n_in)`` (or
     ``sqrt(n_out)``, ``max(1, .)``): spectral norm exactly that factor;
+  * SpectralConv: one random semi-orthogonal ``(in, out)`` per spatial tap
+    times ``sqrt(out/in) / prod(spatial)``;
   * Sign: random ``+-1/n_in`` (``+-1`` unnormalized);
   * ColNorm: Gaussian with every row (input feature; token of an embedding)
     rescaled to RMS 1 (``/ n_in`` more when normalized);
@@ -437,6 +497,10 @@ def scion_init(params: Any, lmos: LMOTree, key: jax.Array, *,
 
   def init(path, leaf, lmo, view):
     leaf_key = jax.random.fold_in(key, next(counter))
+    if lmo.kind == "spectral_conv":  # one semi-orthogonal (in, out) per tap, as Scion
+      taps, n_in, n_out = math.prod(leaf.shape[:-2]), leaf.shape[-2], leaf.shape[-1]
+      mats = _orthogonal(leaf_key, taps, n_in, n_out) * (math.sqrt(n_out / n_in) / taps)
+      return (mats * lmo.scale).reshape(leaf.shape).astype(leaf.dtype)
     if view is None:
       return jnp.zeros_like(leaf)
     mats = _init_matrices(leaf_key, lmo, view.batch, view.n_in, view.n_out) * lmo.scale

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from muonjax.transforms import dimensions
+from muonjax.transforms.dtypes import require_real
 from muonjax.transforms.validation import (
     check_non_negative,
     check_positive,
@@ -138,6 +139,8 @@ def mano_normalize(
     return treedef.unflatten(out)
 
   def init_fn(params):
+    require_real("mano_normalize", dimension_numbers, params,
+                 "a real tangent-space projection on the oblique manifold")
     for path, leaf, dn in dimensions.resolve(dimension_numbers, params)[0]:
       dimensions.leaf_view(path, leaf, dn)  # raises on a bad leaf
     return ManoState(count=jnp.zeros([], jnp.int32))

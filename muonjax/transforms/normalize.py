@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from muonjax.transforms import dimensions
+from muonjax.transforms.dtypes import require_real
 from muonjax.transforms.validation import check_choice, check_non_negative, check_unit_interval
 
 StatAxis = Literal["output", "input", "longer"]
@@ -26,7 +27,7 @@ class SecondMomentState(NamedTuple):
 
 
 def _frobenius(x: jax.Array) -> jax.Array:
-  return jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
+  return jnp.sqrt(jnp.sum(jnp.square(jnp.abs(x)), axis=(-2, -1), keepdims=True))
 
 
 def _reduced_axis(view: dimensions.MatrixView, axis: StatAxis) -> int:
@@ -81,6 +82,8 @@ def normuon_normalize(
   check_non_negative("eps", eps)
 
   def init_fn(params):
+    require_real("normuon_normalize", dimension_numbers, params,
+                 "a per-neuron second moment of the real orthogonalized update")
     def make(path, leaf, view):
       shape = [view.batch, view.n_in, view.n_out]
       shape[_reduced_axis(view, axis)] = 1
@@ -135,6 +138,8 @@ def adamuon_normalize(
   check_non_negative("eps", eps)
 
   def init_fn(params):
+    require_real("adamuon_normalize", dimension_numbers, params,
+                 "an elementwise second moment of a sign-based update")
     return SecondMomentState(dimensions.init_per_matrix(
         lambda path, leaf, view: jnp.zeros(leaf.shape, nu_dtype or leaf.dtype),
         dimension_numbers, params))
@@ -193,9 +198,13 @@ def sign(
   References:
     Si et al., AdaMuon (v2, "sign-stabilized"), arXiv 2507.11005.
   """
+  def init_fn(params):
+    require_real("sign", dimension_numbers, params, "an elementwise real sign")
+    return optax.EmptyState()
+
   def update_fn(updates, state, params=None):
     del params
     return dimensions.map_matrices(
         lambda path, leaf, view: jnp.sign(leaf), dimension_numbers, updates), state
 
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)

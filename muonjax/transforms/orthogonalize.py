@@ -111,7 +111,10 @@ def make_orthogonalizer(
   if method == "svd":
     if compute_dtype is None:
       return polar_factor
-    return lambda x: polar_factor(x.astype(compute_dtype)).astype(x.dtype)
+    # Complex x keeps a complex dtype (as newton_schulz): bfloat16 -> complex64.
+    return lambda x: polar_factor(x.astype(
+        jnp.result_type(compute_dtype, jnp.complex64) if jnp.iscomplexobj(x)
+        else compute_dtype)).astype(x.dtype)
   if coeffs is None:
     coeffs = "keller" if method == "newton_schulz" else "polar_express"
   if steps is None and method == "polar_express" and isinstance(coeffs, str):

@@ -53,6 +53,7 @@ import optax
 from jax.scipy.linalg import cho_factor, cho_solve
 
 from muonjax.transforms import dimensions
+from muonjax.transforms.dtypes import require_real
 from muonjax.transforms.validation import (
     check_choice,
     check_non_negative,
@@ -326,6 +327,8 @@ def precondition_input(
     return (view.batch, b, view.n_in // b, view.n_in // b)
 
   def init_fn(params):
+    require_real("precondition_input", dimension_numbers, params,
+                 "a real input second moment inverted by Cholesky")
     blocks_of = _blocks_by_path(block_diagonal, params)
     def make(value):
       def fn(path, leaf, view):

@@ -25,8 +25,8 @@ def _decayed_weights(rate: float, cautious: bool) -> optax.GradientTransformatio
       raise ValueError("weight decay needs params: call update(grads, state, params)")
     def decay(d, w):
       w = w.astype(d.dtype)
-      if cautious:
-        w = (d * w >= 0).astype(d.dtype) * w
+      if cautious:  # Re(D conj(W)) >= 0: the step shrinks |W| (D * W >= 0 for reals)
+        w = (jnp.real(d * jnp.conj(w)) >= 0).astype(d.dtype) * w
       return d + jnp.asarray(rate, d.dtype) * w
     return jax.tree.map(decay, updates, params), state
 
