@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -201,23 +202,22 @@ class Checkpointer:
     Raises:
       CorruptCheckpointError: step directories exist but none verifies.
     """
-    import warnings
     steps = self.all_steps()
     failures = []
     for step in reversed(steps):
       try:
         self.verify(step)
         self.read_meta(step)
-        return step
       except CorruptCheckpointError as e:
         failures.append(str(e))
-        older = [s for s in steps if s < step]
-        message = (f"{e}; falling back to the previous checkpoint (step {older[-1]})" if older
-                   else str(e))
+        continue
+      for message in failures:  # reported only when an older one is used instead
+        message = f"{message}; falling back to the previous verified checkpoint (step {step})"
         if on_corrupt is not None:
           on_corrupt(message)
-        elif older:
+        else:
           warnings.warn(message, CheckpointFallbackWarning, stacklevel=2)
+      return step
     if steps:
       raise CorruptCheckpointError(
           f"no checkpoint in {self.directory} passes verification (newest: {failures[0]})")
