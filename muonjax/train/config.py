@@ -92,7 +92,8 @@ class TrainConfig:
       non-finite loss still stops the run.
     max_consecutive_nonfinite: with ``skip_nonfinite``, the run stops
       (:class:`~muonjax.train.NonFiniteLossError`) when more than this many
-      consecutive steps had to be skipped.
+      consecutive steps had to be skipped (a transient spike is skipped; a
+      gradient that stays non-finite stops the run a few steps later).
   """
 
   model: str = "gpt"
@@ -122,7 +123,7 @@ class TrainConfig:
   sphere_every: int = 1
   sphere_theta: str = "lr"
   skip_nonfinite: bool = True
-  max_consecutive_nonfinite: int = 10
+  max_consecutive_nonfinite: int = 3
 
   def __post_init__(self):
     object.__setattr__(self, "model_fields", dict(self.model_fields))

@@ -378,6 +378,27 @@ def _deferred_sigint():
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _unaliased(state: Any) -> Any:
+  """``state`` with no two leaves sharing a device buffer (each copied leaf keeps its sharding).
+
+  The step donates the state, and XLA refuses to donate one buffer twice;
+  optimizer states can hold equal constants created as one buffer (e.g. the
+  zero counters of ``optax.apply_if_finite`` next to Momo's scalars).
+  """
+  seen = set()
+
+  def one(x):
+    if not isinstance(x, jax.Array):
+      return x
+    key = tuple(shard.data.unsafe_buffer_pointer() for shard in x.addressable_shards)
+    if key in seen:
+      return jax.device_put(x, x.sharding, may_alias=False)
+    seen.add(key)
+    return x
+
+  return jax.tree.map(one, state)
+
+
 def _alive(state: Any) -> bool:
   return not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state))
 
@@ -481,7 +502,7 @@ class _Engine:
     evaluate = build_eval(self.graphdef)
 
     if self.mesh is None:
-      self.state, self.state_sharding = state, None
+      self.state, self.state_sharding = _unaliased(state), None
       self._steps = {k: jax.jit(f, donate_argnums=0) for k, f in steps.items()}
       self.eval_fn = jax.jit(evaluate)
       return
@@ -491,7 +512,7 @@ class _Engine:
     mesh = self.mesh
     self.state_sharding = sharding.state_shardings(
         state, sharding.param_shardings(model, mesh))
-    self.state = _place(state, self.state_sharding)
+    self.state = _unaliased(_place(state, self.state_sharding))
     del model, optimizer, state
     replicated = NamedSharding(mesh, P())
     self.batch_sharding = sharding.batch_sharding(mesh, 2)
@@ -831,7 +852,8 @@ def _train(config, ckpt, *, resume, on_step, extra_args_fn, corpus, train_tokens
           what = ("loss" if not np.isfinite(out["loss"]) else
                   "gradient" if not grads_finite else "parameters")
           if what == "gradient" and "nonfinite_run" in out:
-            what = f"gradient ({run} consecutive steps, more than max_consecutive_nonfinite)"
+            what = (f"gradient (non-finite for {run} consecutive steps, more than "
+                    f"max_consecutive_nonfinite={config.max_consecutive_nonfinite})")
           raise NonFiniteLossError(step, float(out["loss"]), saved_step, what)
         if not grads_finite:
           record["skipped"] = True
