@@ -7,9 +7,12 @@ first), ``tune`` (each optimizer's learning rate, equal budgets), ``train``
 ``sweep`` (a grid of learning rates or other hyperparameters), ``models``
 (the model zoo with parameter counts), ``bench`` (the benchmark suite) and
 ``demo`` (a small MLP with mj.muon and optax.adamw). Bad input prints one
-line to stderr and exits with status 2; a run whose loss becomes NaN/Inf
-stops with status 3, keeping its last good checkpoint; Ctrl-C saves a
-checkpoint and exits with status 130.
+line to stderr and exits with status 2 (an ``--out`` that cannot be created
+fails before any training); a run whose loss becomes NaN/Inf stops with
+status 3, keeping its last good checkpoint; Ctrl-C saves a checkpoint and
+exits with status 130. ``train --resume`` uses the newest checkpoint that
+passes its integrity record (a damaged newer one is reported); on a finished
+run it changes nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import datetime
 import json
 import os
 import sys
+import warnings
 from typing import Any, Optional, Sequence
 
 
@@ -105,10 +109,36 @@ _MESH_HELP = ("device mesh, e.g. data=2,fsdp=4: batch over all devices, paramete
 
 
 def _run_dir(out: Optional[str], kind: str) -> str:
-  if out:
-    return out
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  return os.path.join("runs", f"{kind}-{stamp}")
+  """The run folder (``--out`` or ``runs/<kind>-<time>``), created and checked writable now,
+  before any training.
+
+  Raises:
+    UsageError: it exists and is not a folder, cannot be created, or is not
+      writable (one line).
+  """
+  if not out:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = os.path.join("runs", f"{kind}-{stamp}")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UsageError(f"muonjax: error: --out {out!r} exists and is not a directory")
+  try:
+    os.makedirs(out, exist_ok=True)
+    probe = os.path.join(out, f".muonjax-write-test-{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise UsageError(f"muonjax: error: --out {out!r} cannot be created or written "
+                     f"({e.strerror or type(e).__name__})") from None
+  return out
+
+
+def _ms(seconds: Optional[float]) -> str:
+  return "n/a ms/step (no timed step)" if seconds is None else f"{1e3 * seconds:.1f} ms/step"
+
+
+def _loss(value: Optional[float]) -> str:
+  return "n/a" if value is None else f"{value:.4f}"
 
 
 class _Progress:
@@ -185,14 +215,35 @@ def _train(args) -> int:
   config = dataclasses.replace(
       config, checkpoint_dir=os.path.abspath(os.path.join(out, "checkpoints")),
       checkpoint_every=args.checkpoint_every, log_path=os.path.join(out, "metrics.jsonl"))
-  os.makedirs(out, exist_ok=True)
   progress = _Progress(args.quiet)(f"{config.model}/{config.optimizer}", config.steps)
   result = train(config, resume=args.resume, on_step=progress)
-  with open(os.path.join(out, "result.json"), "w") as f:
+  path = os.path.join(out, "result.json")
+  if result.get("steps_run") == 0:  # a finished run resumed: its results stay as they are
+    print(f"{config.model} × {config.optimizer}: {out} already finished at step "
+          f"{result['steps']}; nothing to do ({path} left unchanged; raise --steps to extend it)")
+    return 0
+  if result.get("time_per_step") is None and args.resume:
+    # This invocation timed no step (it ran only its compiling one): keep the
+    # timing an earlier invocation of the same run measured rather than erase it.
+    try:
+      with open(path) as f:
+        before = json.load(f)
+    except (OSError, ValueError):
+      before = {}
+    if isinstance(before, dict) and before.get("time_per_step") is not None:
+      result.update(time_per_step=before["time_per_step"],
+                    tokens_per_s=before.get("tokens_per_s"),
+                    timing="measured by an earlier invocation (this one timed no step)")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
     json.dump(result, f, indent=1, default=str)
-  print(f"{config.model} × {config.optimizer}: final train loss {result['final_train_loss']:.4f}, "
-        f"val loss {result['final_val_loss']:.4f}, {1e3 * result['time_per_step']:.1f} ms/step "
-        f"→ {out}")
+  os.replace(tmp, path)
+  skipped = result.get("skipped_steps") or 0
+  print(f"{config.model} × {config.optimizer}: final train loss "
+        f"{_loss(result['final_train_loss'])}, val loss {_loss(result['final_val_loss'])}, "
+        f"{_ms(result['time_per_step'])}"
+        + (f", {skipped} step(s) skipped (non-finite gradient)" if skipped else "")
+        + f" → {out}")
   return 0
 
 
@@ -401,6 +452,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = build_parser()
+  with warnings.catch_warnings():
+    warnings.showwarning = _show_warning
+    return _main(parser, argv)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+  """Warnings (a checkpoint that failed verification...) as one ``muonjax: warning:`` line."""
+  print(f"muonjax: warning: {_one_line(message)}", file=sys.stderr)
+
+
+def _main(parser, argv) -> int:
   try:
     if argv[:1] == ["bench"]:
       return _bench(None, argv[1:])
@@ -417,8 +479,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ValueError as e:
     print(f"muonjax: error: {_one_line(e)}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:
-    print("muonjax: interrupted; the last completed step was checkpointed", file=sys.stderr)
+  except KeyboardInterrupt as e:
+    from muonjax.train import TrainingInterrupted
+    if isinstance(e, TrainingInterrupted):
+      print(f"muonjax: {e}", file=sys.stderr)
+    else:  # before the training loop started (loading, compiling)
+      print("muonjax: interrupted before training started; no checkpoint was written",
+            file=sys.stderr)
     return 130
   except Exception as e:  # the loop's NonFiniteLossError and nothing else
     from muonjax.train import NonFiniteLossError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optax
 
-from muonjax.optimizers.base import check_learning_rate
+from muonjax.transforms.validation import check_learning_rate
 from muonjax.transforms.validation import check_non_negative, check_unit_interval
 
 

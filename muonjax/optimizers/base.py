@@ -23,8 +23,8 @@ from muonjax.transforms.orthogonalize import Orthogonalizer, orthogonalize
 from muonjax.transforms.scale import ShapeRule
 from muonjax.transforms.validation import (
     check_choice,
+    check_learning_rate,
     check_non_negative,
-    check_positive,
     check_unit_interval,
     static_int,
 )
@@ -70,11 +70,6 @@ MUON_ARGUMENTS = (
 def build_stages(stages: Sequence[Stage], dims) -> list[optax.GradientTransformation]:
   """Instantiate stage factories with the dimension-numbers spec ``dims``."""
   return [s if isinstance(s, optax.GradientTransformation) else s(dims) for s in stages]
-
-
-def check_learning_rate(name: str, value) -> None:
-  if not callable(value):
-    check_positive(name, value)
 
 
 def adam_branch(learning_rate, *, b1, b2, eps, weight_decay, weight_decay_mode="decoupled",

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import optax
 
 from muonjax import routing
-from muonjax.optimizers.base import check_learning_rate
+from muonjax.transforms.validation import check_learning_rate
 from muonjax.transforms import dimensions
 from muonjax.transforms.dtypes import require_real
 from muonjax.transforms.global_nuclear_norm import (

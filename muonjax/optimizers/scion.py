@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from muonjax import routing
-from muonjax.optimizers.base import check_learning_rate
+from muonjax.transforms.validation import check_learning_rate
 from muonjax.transforms.lmo import (
     CONV_PATTERN,
     LMO,

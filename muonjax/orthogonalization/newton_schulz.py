@@ -134,6 +134,31 @@ def _schatten_first_step(x, abc, eps, backend="xla"):
   return quintic_step(x * s, gram * s * s, abc, backend)
 
 
+def as_matrices(x, name: str = "x", *, caller: str = "newton_schulz") -> jax.Array:
+  """``x`` as a JAX array of matrices ``(..., m, n)``: the input check of the public entry points.
+
+  Array-likes (NumPy arrays, nested lists or tuples) are converted with
+  ``jnp.asarray``.
+
+  Raises:
+    ValueError: ``x`` is not array-like (ragged lists, strings, ``None``) or
+      has fewer than 2 axes; the message names the argument and the caller.
+  """
+  if not isinstance(x, jax.Array):
+    if isinstance(x, (str, bytes)) or x is None:
+      raise ValueError(f"{caller}: {name} must be an array of shape (..., m, n); "
+                       f"got {type(x).__name__}")
+    try:
+      x = jnp.asarray(x)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{caller}: {name} must be an array of shape (..., m, n); cannot "
+                       f"convert {type(x).__name__} ({' '.join(str(e).split())[:120]})") from None
+  if x.ndim < 2:
+    raise ValueError(f"{caller}: {name} must be an array of shape (..., m, n); "
+                     f"got shape {x.shape}")
+  return x
+
+
 def newton_schulz(
     x: jax.Array,
     coeffs: CoeffsLike = "keller",
@@ -152,7 +177,10 @@ def newton_schulz(
 
   Args:
     x: array of shape ``(..., m, n)``, real or complex; leading axes are batch
-      axes.
+      axes. Array-likes (NumPy arrays, nested lists) are converted with
+      ``jnp.asarray``; fewer than 2 axes, a non-array (``None``, a string, a ragged list) or a
+      non-floating dtype raise ``ValueError``. Empty matrices (``m = 0`` or
+      ``n = 0``, or an empty batch) return an empty array of the same shape.
     coeffs: a preset name (``"keller"``, ``"dion"``, ``"polar_express"``,
       ``"polar_express_modded"``, ``"exact_cubic"``, ``"polar_express_gptopt"``),
       a ``(3,)`` triple or a ``(rows, 3)`` table. Tables shorter than ``steps``
@@ -185,9 +213,7 @@ def newton_schulz(
   References:
     Jordan, https://github.com/KellerJordan/Muon; Amsel et al., arXiv 2505.16932.
   """
-  if x.ndim < 2:
-    raise ValueError(
-        f"newton_schulz expects an array of shape (..., m, n); got shape {x.shape}")
+  x = as_matrices(x)
   if normalization not in NORMALIZATIONS:
     raise ValueError(
         f"normalization must be one of {NORMALIZATIONS}; got {normalization!r}")
@@ -209,6 +235,8 @@ def newton_schulz(
   elif jnp.issubdtype(compute_dtype, jnp.complexfloating):
     raise ValueError(
         f"compute_dtype {compute_dtype} is complex but the input is real ({out_dtype})")
+  if x.size == 0:  # nothing to orthogonalize (and the max-scaling has no identity)
+    return x
 
   tall = x.shape[-2] > x.shape[-1]
   if tall:
@@ -261,7 +289,8 @@ def polar_express(
   """Polar Express: Newton–Schulz with per-step optimal quintics.
 
   Args:
-    x: array ``(..., m, n)``.
+    x: array ``(..., m, n)``; array-likes, empty matrices and bad inputs as
+      in :func:`newton_schulz`.
     steps: iterations; the paper table has 8 rows and repeats the last beyond.
     variant: ``"paper"`` (8-row table, safety 1.01), ``"modded"`` (the
       modded-nanogpt / Dion 5-row table, safety 1.02) or ``"gptopt"`` (GPT-opt's
@@ -280,6 +309,7 @@ def polar_express(
            "gptopt": "polar_express_gptopt"}
   if variant not in names:
     raise ValueError(f"variant must be one of {sorted(names)}; got {variant!r}")
+  x = as_matrices(x, caller="polar_express")
   return newton_schulz(x, names[variant], steps, normalization=normalization,
                        safety=safety, eps=eps, compute_dtype=compute_dtype,
                        backend=backend)
@@ -296,13 +326,18 @@ def polar_factor(x: jax.Array) -> jax.Array:
   the input dtype (use float64 with ``jax_enable_x64`` for an oracle).
 
   Args:
-    x: array ``(..., m, n)``.
+    x: array ``(..., m, n)``; array-likes are converted with ``jnp.asarray``,
+      fewer than 2 axes or a non-array raise ``ValueError``, and empty
+      matrices return an empty array of the same shape.
 
   Returns:
     Array with the shape and dtype of ``x``.
   """
-  if x.ndim < 2:
-    raise ValueError(f"polar_factor expects (..., m, n); got shape {x.shape}")
+  x = as_matrices(x, caller="polar_factor")
+  if not jnp.issubdtype(x.dtype, jnp.inexact):
+    raise ValueError(f"polar_factor expects a floating array; got {x.dtype}")
+  if x.size == 0:
+    return x
   u, s, vh = jnp.linalg.svd(x, full_matrices=False)
   tol = max(x.shape[-2:]) * jnp.finfo(x.dtype).eps * jnp.max(s, axis=-1, keepdims=True)
   keep = (s > tol).astype(x.dtype)

@@ -4,12 +4,17 @@
     result = train(TrainConfig(model_fields=dict(d_model=64), optimizer="muon", steps=200))
 """
 
-from muonjax.train.checkpoint import Checkpointer
+from muonjax.train.checkpoint import (
+    CheckpointFallbackWarning,
+    Checkpointer,
+    CorruptCheckpointError,
+)
 from muonjax.train.config import SCHEDULES, TrainConfig, first_mismatch
 from muonjax.train.loop import (
     EXTRA_ARGS_FNS,
     ExtraArgsFn,
     NonFiniteLossError,
+    TrainingInterrupted,
     build_eval,
     build_optimizer,
     build_train_step,

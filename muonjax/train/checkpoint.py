@@ -13,17 +13,41 @@ killed mid-save leaves the previous checkpoints intact):
   the corpus info, the RNG rule, the evaluation history and the last log record.
 
 The newest ``keep`` checkpoints are kept.
+
+Integrity: after orbax commits a step directory, :meth:`Checkpointer.save`
+writes ``integrity.json`` into it (the SHA-256 and size of every file orbax
+wrote), through a temporary file, ``fsync`` and an atomic rename. A step
+directory without a valid record (a process killed between orbax's commit and
+the record) is not a finished checkpoint: :meth:`~Checkpointer.steps` skips it
+and the next save of that step replaces it. :meth:`~Checkpointer.verify`
+recomputes the hashes; :meth:`~Checkpointer.restore` verifies first, so a
+flipped bit or a deleted file raises :class:`CorruptCheckpointError` (naming
+the path) instead of restoring wrong weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import warnings
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
 STATE, META = "state", "meta"
+INTEGRITY = "integrity.json"
+_INTEGRITY_VERSION = 1
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint failed verification or could not be read (the message names its path)."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+  """The newest checkpoint failed verification; an older verified one is used."""
 
 
 def leaf_paths(state: Any) -> list[str]:
@@ -38,6 +62,96 @@ def _flat(leaves: list) -> dict:
 def _one_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _files(step_dir: str) -> list[str]:
+  """Every regular file under ``step_dir`` except the integrity record, relative, sorted."""
+  out = []
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), step_dir)
+      if rel != INTEGRITY:
+        out.append(rel)
+  return sorted(out)
+
+
+def _fsync_dir(path: str) -> None:
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def write_integrity(step_dir: str) -> dict:
+  """Hashes every file of a committed step directory into its ``integrity.json``.
+
+  Written to a temporary file, fsynced, renamed into place and the directory
+  fsynced, so the record is either absent or complete.
+  """
+  record = {"version": _INTEGRITY_VERSION, "algorithm": "sha256",
+            "files": {rel: {"sha256": _sha256(os.path.join(step_dir, rel)),
+                            "size": os.path.getsize(os.path.join(step_dir, rel))}
+                      for rel in _files(step_dir)}}
+  tmp = os.path.join(step_dir, INTEGRITY + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=0, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(step_dir, INTEGRITY))
+  _fsync_dir(step_dir)
+  return record
+
+
+def read_integrity(step_dir: str) -> Optional[dict]:
+  """The integrity record of a step directory, or ``None`` when absent or unreadable."""
+  try:
+    with open(os.path.join(step_dir, INTEGRITY)) as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if (not isinstance(record, dict) or record.get("version") != _INTEGRITY_VERSION
+      or not isinstance(record.get("files"), dict) or not record["files"]):
+    return None
+  return record
+
+
+def verify_integrity(step_dir: str) -> None:
+  """Checks every file of ``step_dir`` against its integrity record.
+
+  Raises:
+    CorruptCheckpointError: no valid record, a file missing, added, resized or
+      with another SHA-256 (one line naming the directory and the file).
+  """
+  record = read_integrity(step_dir)
+  if record is None:
+    raise CorruptCheckpointError(f"checkpoint {step_dir} has no valid {INTEGRITY} "
+                                 "(unfinished or damaged)")
+  want = record["files"]
+  have = set(_files(step_dir))
+  for rel in sorted(set(want) | have):
+    path = os.path.join(step_dir, rel)
+    if rel not in have:
+      raise CorruptCheckpointError(f"checkpoint {step_dir} is corrupt: {rel} is missing")
+    if rel not in want:
+      raise CorruptCheckpointError(f"checkpoint {step_dir} is corrupt: unexpected file {rel}")
+    if (os.path.getsize(path) != want[rel].get("size")
+        or _sha256(path) != want[rel].get("sha256")):
+      raise CorruptCheckpointError(f"checkpoint {step_dir} is corrupt: {rel} does not match "
+                                   f"its SHA-256 in {INTEGRITY}")
 
 
 class Checkpointer:
@@ -57,10 +171,65 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=(STATE, META))
 
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
   def steps(self) -> list[int]:
-    """Steps of the complete checkpoints, oldest first."""
+    """Steps of the finished checkpoints (committed by orbax, with an integrity record), oldest first.
+
+    The record is only checked for presence here; :meth:`verify` checks the hashes.
+    """
+    return [s for s in self.all_steps() if read_integrity(self._step_dir(s)) is not None]
+
+  def all_steps(self) -> list[int]:
+    """Steps of every step directory orbax committed, finished or not, oldest first."""
     self._manager.reload()
     return sorted(self._manager.all_steps())
+
+  def newest_verified(self, on_corrupt=None) -> Optional[int]:
+    """The newest checkpoint that passes :meth:`verify` and whose metadata reads.
+
+    Args:
+      on_corrupt: called with the one-line message of every newer checkpoint
+        that fails (``warnings.warn`` by default).
+
+    Returns:
+      Its step, or ``None`` when the directory holds no step directory at all.
+
+    Raises:
+      CorruptCheckpointError: step directories exist but none verifies.
+    """
+    steps = self.all_steps()
+    failures = []
+    for step in reversed(steps):
+      try:
+        self.verify(step)
+        self.read_meta(step)
+      except CorruptCheckpointError as e:
+        failures.append(str(e))
+        continue
+      for message in failures:  # reported only when an older one is used instead
+        message = f"{message}; falling back to the previous verified checkpoint (step {step})"
+        if on_corrupt is not None:
+          on_corrupt(message)
+        else:
+          warnings.warn(message, CheckpointFallbackWarning, stacklevel=2)
+      return step
+    if steps:
+      raise CorruptCheckpointError(
+          f"no checkpoint in {self.directory} passes verification (newest: {failures[0]})")
+    return None
+
+  def verify(self, step: int) -> None:
+    """Recomputes the SHA-256 of every file of checkpoint ``step`` against its record.
+
+    Raises:
+      CorruptCheckpointError: see :func:`verify_integrity`.
+    """
+    verify_integrity(self._step_dir(step))
 
   def latest_step(self) -> Optional[int]:
     """The newest complete checkpoint's step, or ``None``."""
@@ -70,10 +239,18 @@ class Checkpointer:
   def save(self, step: int, state: Any, meta: dict) -> None:
     """Writes ``state`` (an NNX state pytree) and ``meta`` (JSON) as checkpoint ``step``.
 
-    Returns when the checkpoint is committed. Saving a step that exists is a no-op.
+    Returns when the checkpoint and its integrity record are committed. Saving
+    a step that exists and verifies is a no-op; one that does not (killed
+    before its record, or damaged: a run resumed from an older checkpoint
+    reaches it again) is replaced.
     """
-    if step in self.steps():
-      return
+    if step in self.all_steps():
+      try:
+        self.verify(step)
+        return
+      except CorruptCheckpointError:
+        shutil.rmtree(self._step_dir(step))
+        self._manager.reload()
     os.makedirs(self.directory, exist_ok=True)
     leaves = jax.tree.leaves(state)
     meta = dict(meta, step=step, leaf_paths=leaf_paths(state),
@@ -81,6 +258,7 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(
         **{STATE: ocp.args.StandardSave(_flat(leaves)), META: ocp.args.JsonSave(meta)}))
     self._manager.wait_until_finished()
+    write_integrity(self._step_dir(step))
 
   def read_meta(self, step: int) -> dict:
     """The JSON metadata of checkpoint ``step``.
@@ -93,24 +271,30 @@ class Checkpointer:
           step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
       meta = restored[META]
     except Exception as e:  # orbax raises many types for damaged files
-      raise ValueError(f"checkpoint {self._step_dir(step)} is corrupt or unreadable "
-                       f"({_one_line(e)})") from None
+      raise CorruptCheckpointError(f"checkpoint {self._step_dir(step)} is corrupt or "
+                                   f"unreadable ({_one_line(e)})") from None
     if not isinstance(meta, dict) or "step" not in meta:
-      raise ValueError(f"checkpoint {self._step_dir(step)} is corrupt: no metadata")
+      raise CorruptCheckpointError(f"checkpoint {self._step_dir(step)} is corrupt: no metadata")
     return meta
 
-  def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+  def restore(self, step: int, like: Any, *, verify: bool = True) -> tuple[Any, dict]:
     """Checkpoint ``step`` as a pytree shaped like ``like``, and its metadata.
 
     Args:
       step: the checkpoint's step.
       like: a state pytree with the expected structure, shapes, dtypes and
         shardings (a freshly built one); its arrays are not used.
+      verify: check the integrity record first (skip only right after
+        :meth:`verify` or :meth:`newest_verified` checked this step).
 
     Raises:
       ValueError: the saved leaves differ from ``like``'s (names the first
-        differing leaf), or the checkpoint is corrupt (one line).
+        differing leaf).
+      CorruptCheckpointError: the checkpoint fails verification or is
+        unreadable (one line naming its path).
     """
+    if verify:
+      self.verify(step)
     meta = self.read_meta(step)
     leaves, treedef = jax.tree.flatten(like)
     paths = leaf_paths(like)
@@ -135,12 +319,15 @@ class Checkpointer:
       arrays = restored[STATE]
       values = [arrays[k] for k in sorted(abstract)]
     except Exception as e:
-      raise ValueError(f"checkpoint {self._step_dir(step)} is corrupt or unreadable "
-                       f"({_one_line(e)})") from None
+      raise CorruptCheckpointError(f"checkpoint {self._step_dir(step)} is corrupt or "
+                                   f"unreadable ({_one_line(e)})") from None
     return jax.tree.unflatten(treedef, values), meta
 
   def _step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
   def close(self) -> None:
-    self._manager.close()
+    """Releases orbax's resources (idempotent)."""
+    manager, self._manager = self._manager, None
+    if manager is not None:
+      manager.close()

@@ -13,7 +13,7 @@ SCHEDULES = ("constant", "cosine", "wsd")
 # computed at any step (``steps`` is added to these for the constant schedule).
 RESUMABLE_CHANGES = frozenset({
     "eval_every", "eval_batches", "checkpoint_dir", "checkpoint_every", "keep", "log_path",
-    "mesh"})
+    "mesh", "max_consecutive_nonfinite"})
 
 MESH_AXES = ("data", "fsdp")
 SPHERE_UPDATES = ("project", "geodesic")
@@ -85,6 +85,15 @@ class TrainConfig:
       k-th step only).
     sphere_theta: geodesic angle, ``"lr"`` (θ = the scheduled η) or
       ``"norm"`` (θ = η‖U‖ per vector).
+    skip_nonfinite: skip an update whose gradient holds a NaN/Inf
+      (``optax.apply_if_finite`` around the optimizer: the update is zeroed
+      and the optimizer state, momentum included, is kept as it was). Skipped
+      steps are counted (``skipped_steps`` in the log and the result). A
+      non-finite loss still stops the run.
+    max_consecutive_nonfinite: with ``skip_nonfinite``, the run stops
+      (:class:`~muonjax.train.NonFiniteLossError`) when more than this many
+      consecutive steps had to be skipped (a transient spike is skipped; a
+      gradient that stays non-finite stops the run a few steps later).
   """
 
   model: str = "gpt"
@@ -113,6 +122,8 @@ class TrainConfig:
   sphere_update: str = "project"
   sphere_every: int = 1
   sphere_theta: str = "lr"
+  skip_nonfinite: bool = True
+  max_consecutive_nonfinite: int = 3
 
   def __post_init__(self):
     object.__setattr__(self, "model_fields", dict(self.model_fields))
@@ -185,6 +196,9 @@ class TrainConfig:
       raise ValueError(f"TrainConfig.sphere_theta must be one of {SPHERE_THETAS}; "
                        f"got {self.sphere_theta!r}")
     positive_int("sphere_every")
+    if not isinstance(self.skip_nonfinite, bool):
+      raise ValueError(f"TrainConfig.skip_nonfinite must be a bool; got {self.skip_nonfinite!r}")
+    positive_int("max_consecutive_nonfinite")
     if self.sphere_every != 1 and self.sphere_update != "project":
       raise ValueError("TrainConfig.sphere_every (lazy projection) applies to "
                        "sphere_update='project' only")

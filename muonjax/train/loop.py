@@ -76,6 +76,47 @@ class NonFiniteLossError(RuntimeError):
                      f"training stopped, {where}")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C (or a ``KeyboardInterrupt`` from ``on_step``) stopped :func:`train`.
+
+  Attributes:
+    step: the last completed step (0: none ran in any process of this run).
+    checkpoint_step: the newest verified checkpoint left in place, which is
+      ``step`` unless the run has no ``checkpoint_dir`` (``None``: none).
+  """
+
+  def __init__(self, step: int, checkpoint_step: Optional[int]):
+    self.step, self.checkpoint_step = step, checkpoint_step
+    if checkpoint_step is None:
+      text = ("interrupted before any step completed; no checkpoint was written" if step == 0
+              else f"interrupted after step {step}; no checkpoint was written")
+    else:
+      text = f"interrupted; the last completed step ({checkpoint_step}) is checkpointed"
+    super().__init__(text)
+
+
+def skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """``tx`` skipping every update whose gradient holds a NaN/Inf (``TrainConfig.skip_nonfinite``).
+
+  ``optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)``: on such a
+  step the update is zero and ``tx``'s state (momentum, second moments,
+  counts, injected hyperparameters) is kept as it was, so one bad batch does
+  not poison the momentum buffers. The state counts the consecutive
+  (``notfinite_count``) and total (``total_notfinite``) skips; the loop, not
+  optax, decides when to give up (``TrainConfig.max_consecutive_nonfinite``),
+  so a non-finite update is never applied.
+  """
+  return optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)
+
+
+def _skip_counts(optimizer: nnx.Optimizer) -> Optional[tuple[jax.Array, jax.Array]]:
+  """``(consecutive, total)`` skipped updates of a :func:`skip_nonfinite` optimizer, else ``None``."""
+  state = optimizer.opt_state
+  if not isinstance(state, optax.ApplyIfFiniteState):
+    return None
+  return state.notfinite_count[...], state.total_notfinite[...]
+
+
 def statistics_schedule(config: TrainConfig) -> Optional[Callable[[int], bool]]:
   """The rule ``count -> bool`` (zero-based update count) saying on which updates the loop
   records layer-input statistics, or ``None`` when the optimizer needs none.
@@ -132,7 +173,9 @@ def build_train_step(
     A function of ``state`` (the ``nnx.State`` of ``(model, optimizer)``),
     ``inputs`` and ``targets`` ``(grad_accum, B, T)`` int32, and ``step``
     (int32 scalar, 1-based); it returns the new state and a dict of scalars
-    ``loss, grad_norm, all_finite, terms{...}, update_rms{...}``.
+    ``loss, grad_norm, all_finite, terms{...}, update_rms{...}`` (and, with a
+    :func:`skip_nonfinite` optimizer, ``nonfinite_run`` and ``skipped_steps``:
+    the consecutive and total skipped updates).
   """
 
   def step_fn(state, inputs, targets, step, run_seed=None):
@@ -181,6 +224,9 @@ def build_train_step(
         [jnp.all(jnp.isfinite(a)) for a in after]))
     out = dict(loss=loss, grad_norm=optax.tree.norm(grads), all_finite=finite, terms=terms,
                update_rms=metrics_lib.group_rms(labels, before, after))
+    skips = _skip_counts(optimizer)
+    if skips is not None:  # TrainConfig.skip_nonfinite
+      out["nonfinite_run"], out["skipped_steps"] = skips
     return nnx.split((model, optimizer))[1], out
 
   return step_fn
@@ -324,6 +370,27 @@ def _deferred_sigint():
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _unaliased(state: Any) -> Any:
+  """``state`` with no two leaves sharing a device buffer (each copied leaf keeps its sharding).
+
+  The step donates the state, and XLA refuses to donate one buffer twice;
+  optimizer states can hold equal constants created as one buffer (e.g. the
+  zero counters of ``optax.apply_if_finite`` next to Momo's scalars).
+  """
+  seen = set()
+
+  def one(x):
+    if not isinstance(x, jax.Array):
+      return x
+    key = tuple(shard.data.unsafe_buffer_pointer() for shard in x.addressable_shards)
+    if key in seen:
+      return jax.device_put(x, x.sharding, may_alias=False)
+    seen.add(key)
+    return x
+
+  return jax.tree.map(one, state)
+
+
 def _alive(state: Any) -> bool:
   return not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state))
 
@@ -411,7 +478,8 @@ class _Engine:
     if not _has_sphere(model) and _sphere_changed(config):
       raise ValueError(f"TrainConfig.sphere_update/sphere_every/sphere_theta apply to models "
                        f"with unit-sphere weights (ngpt); {config.model!r} has none")
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, skip_nonfinite(tx) if config.skip_nonfinite else tx,
+                              wrt=nnx.Param)
     labels = param_labels(model, config.optimizer, config.optimizer_hparams)
     self.graphdef, state = nnx.split((model, optimizer))
     accum, micro, seq = config.grad_accum, config.batch_size, config.seq_len
@@ -426,7 +494,7 @@ class _Engine:
     evaluate = build_eval(self.graphdef)
 
     if self.mesh is None:
-      self.state, self.state_sharding = state, None
+      self.state, self.state_sharding = _unaliased(state), None
       self._steps = {k: jax.jit(f, donate_argnums=0) for k, f in steps.items()}
       self.eval_fn = jax.jit(evaluate)
       return
@@ -436,7 +504,7 @@ class _Engine:
     mesh = self.mesh
     self.state_sharding = distributed.state_shardings(
         state, distributed.param_shardings(model, mesh))
-    self.state = _place(state, self.state_sharding)
+    self.state = _unaliased(_place(state, self.state_sharding))
     del model, optimizer, state
     replicated = NamedSharding(mesh, P())
     self.batch_sharding = distributed.batch_sharding(mesh, 2)
@@ -642,18 +710,27 @@ def train(
   Returns:
     A JSON-serialisable dict: ``final_train_loss``, ``final_val_loss``,
     ``final_val_accuracy``, ``eval_history`` (``[{"step", "eval_loss", "eval_accuracy"}]``), ``time_per_step``
-    (median, first step of this process excluded), ``tokens_per_s``,
-    ``wall_time``, ``steps``, ``resumed_from``, ``n_params``, ``config``,
-    ``model_fields``, ``data``, ``versions``, ``machine``.
+    (median, first step of this process excluded: ``None`` when it ran at
+    most one step), ``tokens_per_s``, ``wall_time``, ``steps``,
+    ``steps_run`` (by this call: 0 when a finished run is resumed, which
+    then writes nothing), ``skipped_steps`` (updates skipped for a
+    non-finite gradient, over the whole run), ``resumed_from``, ``n_params``,
+    ``config``, ``model_fields``, ``data``, ``versions``, ``machine``.
 
   Raises:
     ValueError: bad input (one line): data, a mesh that does not fit the
       devices or the batch size, a checkpoint directory that holds
       checkpoints without ``resume``, a checkpoint written with another config
-      (names the field), a corrupt checkpoint.
-    NonFiniteLossError: the loss became NaN/Inf; checkpoints up to the last
-      good one are kept.
-    KeyboardInterrupt: after saving a checkpoint of the last completed step.
+      (names the field), no checkpoint passing verification
+      (:class:`~muonjax.train.CorruptCheckpointError`). A newest checkpoint
+      that fails verification while an older one passes is reported with a
+      :class:`~muonjax.train.CheckpointFallbackWarning` and the older one is
+      resumed.
+    NonFiniteLossError: the loss became NaN/Inf, or more than
+      ``max_consecutive_nonfinite`` consecutive updates were skipped for a
+      non-finite gradient; checkpoints up to the last good (verified) one are kept.
+    TrainingInterrupted: a ``KeyboardInterrupt``, after saving a checkpoint
+      of the last completed step when one ran (its attributes say which).
   """
   from muonjax import data
 
@@ -665,15 +742,31 @@ def train(
   fields = model_fields(config, corpus.vocab_size)
 
   ckpt = None
-  latest = None
   if config.checkpoint_dir is not None:
     ckpt = Checkpointer(config.checkpoint_dir, keep=config.keep)
-    latest = ckpt.latest_step()
-    if latest is not None and not resume:
-      raise ValueError(f"checkpoint_dir {config.checkpoint_dir!r} already holds a checkpoint "
-                       f"(step {latest}); resume it or choose another directory")
   elif resume:
     raise ValueError("resume needs TrainConfig.checkpoint_dir")
+  try:
+    return _train(config, ckpt, resume=resume, on_step=on_step, extra_args_fn=extra_args_fn,
+                  corpus=corpus, train_tokens=train_tokens, val_tokens=val_tokens,
+                  fields=fields, wall_start=wall_start)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+
+
+def _train(config, ckpt, *, resume, on_step, extra_args_fn, corpus, train_tokens, val_tokens,
+           fields, wall_start) -> dict:
+  latest = None
+  if ckpt is not None:
+    existing = ckpt.all_steps()
+    if existing and not resume:
+      raise ValueError(f"checkpoint_dir {config.checkpoint_dir!r} already holds a checkpoint "
+                       f"(step {existing[-1]}); resume it or choose another directory")
+    if resume:
+      # The newest checkpoint that passes its integrity record; newer damaged
+      # ones are reported (CheckpointFallbackWarning), none at all is an error.
+      latest = ckpt.newest_verified()
   meta = None
   if resume and latest is not None:
     meta = ckpt.read_meta(latest)
@@ -700,14 +793,17 @@ def train(
 
   start_step, history, last_record = 0, [], None
   if meta is not None:
-    state, meta = ckpt.restore(latest, state)  # onto the shardings of the fresh state
+    # onto the shardings of the fresh state; newest_verified just checked the hashes
+    state, meta = ckpt.restore(latest, state, verify=False)
     stream.set_state(meta["stream"])
     start_step = latest
     history = list(meta.get("eval_history", []))
     last_record = meta.get("last_record")
+  skipped = int((last_record or {}).get("skipped_steps", 0))
+  finished = start_step == config.steps  # a finished run resumed: nothing to do or write
 
   log = (metrics_lib.JsonlLog(config.log_path, keep_through=start_step if resume else None)
-         if config.log_path and jax.process_index() == 0 else None)
+         if config.log_path and jax.process_index() == 0 and not finished else None)
 
   def save(state, step, stream_state):
     ckpt.save(step, state, dict(
@@ -716,7 +812,7 @@ def train(
         eval_history=history, last_record=last_record, versions=metrics_lib.versions()))
 
   committed = (state, start_step, stream.get_state())
-  saved_step = latest if meta is not None else None
+  saved_step = latest if meta is not None else None  # only ever a verified checkpoint
   step_times: list[float] = []
   del state
   try:
@@ -731,13 +827,28 @@ def train(
         seconds = time.perf_counter() - t0
         record = _record(config, step, out, float(lrs[step - 1]), seconds,
                          time.perf_counter() - wall_start)
-        if not (bool(out["all_finite"]) and np.isfinite(out["grad_norm"])):
+        grads_finite = bool(np.isfinite(out["grad_norm"]))
+        run = int(out.get("nonfinite_run", 0))
+        if "skipped_steps" in out:
+          skipped = int(out["skipped_steps"])
+          record["skipped_steps"] = skipped
+        # A skipped update (skip_nonfinite: zero update, optimizer state kept)
+        # leaves finite parameters; a non-finite loss or too many consecutive
+        # skips stop the run.
+        skip_ok = (not grads_finite and "nonfinite_run" in out
+                   and run <= config.max_consecutive_nonfinite)
+        if not (bool(out["all_finite"]) and (grads_finite or skip_ok)):
           record["error"] = "non-finite"
           if log:
             log.write(record)
           what = ("loss" if not np.isfinite(out["loss"]) else
-                  "gradient" if not np.isfinite(out["grad_norm"]) else "parameters")
+                  "gradient" if not grads_finite else "parameters")
+          if what == "gradient" and "nonfinite_run" in out:
+            what = (f"gradient (non-finite for {run} consecutive steps, more than "
+                    f"max_consecutive_nonfinite={config.max_consecutive_nonfinite})")
           raise NonFiniteLossError(step, float(out["loss"]), saved_step, what)
+        if not grads_finite:
+          record["skipped"] = True
         committed = (new_state, step, stream_state)
         step_times.append(seconds)
         if step == config.steps or (config.eval_every and step % config.eval_every == 0):
@@ -762,14 +873,14 @@ def train(
     state, step, stream_state = committed
     if ckpt and step != saved_step and step > 0 and _alive(state):
       save(state, step, stream_state)
-    raise
+      saved_step = step
+    raise TrainingInterrupted(step, saved_step) from None
   finally:
     if log:
       log.close()
-    if ckpt:
-      ckpt.close()
 
-  per_step = metrics_lib.steady_state_time(step_times)
+  # The first step of this process compiles; it is never timed (None: no timed step).
+  per_step = metrics_lib.steady_state_time(step_times) if len(step_times) > 1 else None
   return dict(
       final_train_loss=None if last_record is None else last_record["loss"],
       final_val_loss=history[-1]["eval_loss"] if history else None,
@@ -779,6 +890,8 @@ def train(
       tokens_per_s=None if per_step is None else config.tokens_per_step / per_step,
       wall_time=time.perf_counter() - wall_start,
       steps=config.steps,
+      steps_run=len(step_times),
+      skipped_steps=skipped,
       resumed_from=start_step if meta is not None else None,
       n_params=n_params,
       config=config.to_dict(),

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from muonjax.transforms.validation import check_choice, check_unit_interval
+from muonjax.transforms.validation import check_choice, check_same_shapes, check_unit_interval
 
 MomentumForm = Literal["ema", "sgd", "ema_from_first"]
 FORMS = ("ema", "sgd", "ema_from_first")
@@ -69,6 +69,7 @@ def momentum(
 
   def update_fn(updates, state, params=None):
     del params
+    check_same_shapes(updates, state.mu)  # the buffers have the parameters' shapes
     count = optax.safe_increment(state.count)
     if form == "sgd":
       mu = jax.tree.map(lambda m, g: beta * m + g, state.mu, updates)
