@@ -24,19 +24,24 @@ from muonjax import report
 # The default comparison: a tiny LoopFormer (2 shared blocks looped 4 times) on
 # the Python standard library's source, every looped-study optimizer, one seed.
 # Learning rates: AdamW's usual small-model 3e-3 and Muon-family 0.02 (the
-# aliases' own defaults where they have one); `muonjax sweep` on this preset
-# is how to tune them.
-# The Muon variants' AdamW branch (embeddings, head, norms, LoopFormer's
-# conditioning) runs at the baseline's rate, not Keller's 3e-4, which barely
-# moves LoopFormer's zero-initialised gates.
+# aliases' own defaults where they have one); `muonjax tune` on this preset
+# is how to tune them. The non-matrix leaves (embeddings, head, norms,
+# LoopFormer's conditioning) train with SHARED_ADAM in every arm.
 DEFAULT_OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adamw": {"learning_rate": 3e-3},
-    "muon": {"learning_rate": 0.02, "adam_learning_rate": 3e-3},
-    "normuon": {"learning_rate": 0.02, "adam_learning_rate": 3e-3},
-    "adamuon": {"learning_rate": 0.02, "adam_learning_rate": 3e-3},
-    "mano": {"learning_rate": 0.02, "adam_learning_rate": 3e-3},
-    "newton_muon": {"learning_rate": 0.02, "adam_learning_rate": 3e-3},
+    "muon": {"learning_rate": 0.02},
+    "normuon": {"learning_rate": 0.02},
+    "adamuon": {"learning_rate": 0.02},
+    "mano": {"learning_rate": 0.02},
+    "newton_muon": {"learning_rate": 0.02},
 }
+
+# The AdamW of the non-matrix leaves, the same in every arm (symmetric arms:
+# the arms differ only in the matrix update). Betas and eps of the common
+# small-GPT AdamW (nanoGPT: b2 0.95); the AdamW baseline's matrices use the
+# same betas and eps.
+SHARED_ADAM: dict[str, float] = {"learning_rate": 3e-3, "b1": 0.9, "b2": 0.95, "eps": 1e-8,
+                                 "weight_decay": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +64,9 @@ class ComparePreset:
   data: Optional[str] = None
   baseline: str = "adamw"
   mesh: Optional[Mapping[str, int]] = None  # TrainConfig.mesh of every run
+  # AdamW of the non-matrix leaves in every arm (None: each optimizer's own defaults).
+  shared_adam: Optional[Mapping[str, float]] = dataclasses.field(
+      default_factory=lambda: dict(SHARED_ADAM))
 
 
 PRESETS: dict[str, ComparePreset] = {
@@ -104,6 +112,7 @@ def train_config(preset: ComparePreset, optimizer: str, seed: int, *,
   name = hparams.pop("optimizer", optimizer)
   fields = dict(preset.model_fields, **hparams.pop("model_fields", {}))
   run_fields = {k: hparams.pop(k) for k in SPHERE_FIELDS if k in hparams}
+  hparams.update(_shared_adam(preset, name, hparams))
   return TrainConfig(
       model=preset.model, model_fields=fields, **run_fields,
       optimizer=name, optimizer_hparams=hparams, learning_rate=learning_rate,
@@ -111,6 +120,43 @@ def train_config(preset: ComparePreset, optimizer: str, seed: int, *,
       batch_size=preset.batch_size, seq_len=preset.seq_len, eval_every=preset.eval_every,
       eval_batches=preset.eval_batches, seed=seed, data=preset.data, log_path=log_path,
       mesh=None if preset.mesh is None else dict(preset.mesh))
+
+
+def _shared_adam(preset: ComparePreset, optimizer: str, hparams: Mapping[str, Any]) -> dict:
+  """The shared AdamW settings in ``optimizer``'s own hyperparameter names, minus those the
+  entry sets itself (an asymmetric arm, see :func:`asymmetries`)."""
+  from muonjax.optimizers import get_spec
+
+  spec = get_spec(optimizer)
+  if not preset.shared_adam or spec.shared_adam is None:
+    return {}
+  return {spec.shared_adam[k]: v for k, v in preset.shared_adam.items()
+          if spec.shared_adam[k] not in hparams}
+
+
+def asymmetries(preset: ComparePreset) -> dict[str, str]:
+  """Entries whose non-matrix leaves do not train with the shared AdamW, and why.
+
+  An entry is asymmetric when it sets one of the shared AdamW hyperparameters
+  itself, or when its optimizer has no separate AdamW for those leaves
+  (Scion's LMOs, MuonAdam's one learning rate). Comparison headers print these.
+  """
+  from muonjax.optimizers import get_spec
+
+  if not preset.shared_adam:
+    return {}
+  out = {}
+  for entry, raw in preset.optimizers.items():
+    hparams = dict(raw)
+    spec = get_spec(hparams.get("optimizer", entry))
+    if spec.shared_adam is None:
+      out[entry] = "no separate AdamW for the non-matrix leaves"
+      continue
+    own = sorted(spec.shared_adam[k] for k in preset.shared_adam
+                 if spec.shared_adam[k] in hparams)
+    if own:
+      out[entry] = "sets " + ", ".join(f"{k}={hparams[k]}" for k in own)
+  return out
 
 
 def _history_pairs(result: Mapping[str, Any]) -> list[list[float]]:
@@ -171,6 +217,7 @@ def run_comparison(preset: ComparePreset, out_dir: str, *,
       "preset": dataclasses.asdict(preset) | {"seeds": list(preset.seeds)},
       "wall_time": time.perf_counter() - start,
       "references": references,
+      "asymmetric": asymmetries(preset),
       "runs": runs,
   }
   return write_report(payload, out_dir)
@@ -217,6 +264,12 @@ def write_report(payload: dict, out_dir: str) -> dict:
             f"{machine.get('device_kind', '')} × {machine.get('device_count', 1)} "
             f"({machine.get('cpu_count')} CPUs, {machine.get('platform', '')}), "
             f"jax {versions.get('jax')}, flax {versions.get('flax')}, optax {versions.get('optax')}")
+  shared = preset.get("shared_adam")
+  if shared:
+    header += ("; non-matrix leaves: AdamW " + ", ".join(f"{k} {v}" for k, v in shared.items())
+               + " in every arm")
+    for entry, why in payload.get("asymmetric", {}).items():
+      header += f"; asymmetric arm {entry}: {why}"
   report.plot_curves(summaries, os.path.join(out_dir, "curves.png"), title=f"{preset['model']}")
   with open(os.path.join(out_dir, "table.md"), "w") as f:
     f.write(header + "\n\n" + table + "\n")

@@ -566,3 +566,28 @@ def test_muon_trains_mlp_at_least_as_well_as_adamw():
   init, loss = _mlp_problem()
   assert best_muon < 0.1 * float(loss(init()))
   assert best_muon <= best_adamw, (muon, adamw)
+
+
+def test_adamw_split_trains_non_matrix_leaves_like_muons_adam_branch():
+  """A symmetric baseline: adamw(adam_learning_rate=...) updates the non-matrix leaves
+  exactly as mj.muon's AdamW branch with the same settings, the matrices with its own rate."""
+  params = {"embed": jnp.ones((7, 4)), "w": jnp.arange(12.0).reshape(3, 4) / 10,
+            "b": jnp.ones((4,))}
+  grads = jax.tree.map(lambda p: jnp.sin(p + 1.0), params)
+  shared = dict(b1=0.9, b2=0.95, eps=1e-8)
+  base = mj.adamw(1e-2, adam_learning_rate=3e-3, adam_weight_decay=0.0, weight_decay=0.1,
+                  **shared)
+  muon = mj.muon(0.02, adam_learning_rate=3e-3, adam_b1=0.9, adam_b2=0.95, adam_eps=1e-8,
+                 adam_weight_decay=0.0, compute_dtype=None)
+  ub, _ = base.update(grads, base.init(params), params)
+  um, _ = muon.update(grads, muon.init(params), params)
+  for k in ("embed", "b"):
+    np.testing.assert_allclose(ub[k], um[k], rtol=1e-6, atol=1e-9)
+  plain = mj.adamw(1e-2, weight_decay=0.1, **shared)
+  up, _ = plain.update(grads, plain.init(params), params)
+  np.testing.assert_allclose(ub["w"], up["w"], rtol=1e-6)  # matrices: the baseline's own rate
+  assert not np.allclose(ub["embed"], up["embed"])
+  assert mj.get_spec("adamw").param_labels(params, {"adam_learning_rate": 3e-3}) == {
+      "embed": "adam", "w": "muon", "b": "adam"}
+  with pytest.raises(ValueError, match="dimension_numbers"):
+    mj.adamw(1e-3, dimension_numbers={})

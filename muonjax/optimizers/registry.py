@@ -58,6 +58,11 @@ class OptimizerSpec:
       statistics as ``activation_stats=`` (Newton-Muon).
     param_labels: ``(params, hparams) -> tree of group names`` for the
       update-RMS metrics (params: a parameter tree, e.g. an ``nnx.State``).
+    shared_adam: the hyperparameters of the AdamW that trains the non-matrix
+      leaves (embeddings, head, norms, biases), keyed by their generic names
+      ``learning_rate``, ``b1``, ``b2``, ``eps``, ``weight_decay``; ``None``
+      when the optimizer has no such separate AdamW (Scion, MuonAdam). A
+      symmetric comparison sets these to one value in every arm.
   """
 
   factory: Callable[..., optax.GradientTransformation]
@@ -65,6 +70,7 @@ class OptimizerSpec:
   needs_value: bool = False
   activation_stats_schedule: Callable[[Mapping[str, Any]], Optional[StatsSchedule]] = _no_stats
   param_labels: Callable[[Any, Mapping[str, Any]], Any] = default_param_labels
+  shared_adam: Optional[Mapping[str, str]] = None
 
 
 def _newton_muon_stats(hparams: Mapping[str, Any]) -> StatsSchedule:
@@ -74,9 +80,17 @@ def _newton_muon_stats(hparams: Mapping[str, Any]) -> StatsSchedule:
   return lambda count: bool(refresh_due(count, every, rule))
 
 
-def _all_adam(params: Any, hparams: Mapping[str, Any]) -> Any:
-  del hparams
+def _adamw_labels(params: Any, hparams: Mapping[str, Any]) -> Any:
+  """Every leaf ``"adam"``, unless the non-matrix leaves have their own rate (a split)."""
+  if hparams.get("adam_learning_rate") is not None or hparams.get("adam_weight_decay") is not None:
+    return routing.label_params(params)
   return routing.labels_from_dimension_numbers(None, params)
+
+
+MUON_SHARED_ADAM = {"learning_rate": "adam_learning_rate", "b1": "adam_b1", "b2": "adam_b2",
+                    "eps": "adam_eps", "weight_decay": "adam_weight_decay"}
+ADAMW_SHARED_ADAM = {"learning_rate": "adam_learning_rate", "b1": "b1", "b2": "b2", "eps": "eps",
+                     "weight_decay": "adam_weight_decay"}
 
 
 _NO_METHOD = tuple(a for a in MUON_ARGUMENTS if a not in ("method", "coeffs"))
@@ -86,19 +100,25 @@ _MUON_ADAM = ("learning_rate", "muon_lr_scale", "weight_decay", "weight_decay_mo
               "dimension_numbers")
 
 SPECS: dict[str, OptimizerSpec] = {
-    "muon": OptimizerSpec(muon, MUON_ARGUMENTS),
-    "polar_muon": OptimizerSpec(polar_muon, ("variant",) + _NO_METHOD),
-    "normuon": OptimizerSpec(normuon, ("beta2", "form") + MUON_ARGUMENTS),
-    "adamuon": OptimizerSpec(adamuon, ("form", "nu_dtype") + MUON_ARGUMENTS),
+    "muon": OptimizerSpec(muon, MUON_ARGUMENTS, shared_adam=MUON_SHARED_ADAM),
+    "polar_muon": OptimizerSpec(polar_muon, ("variant",) + _NO_METHOD,
+                                shared_adam=MUON_SHARED_ADAM),
+    "normuon": OptimizerSpec(normuon, ("beta2", "form") + MUON_ARGUMENTS,
+                             shared_adam=MUON_SHARED_ADAM),
+    "adamuon": OptimizerSpec(adamuon, ("form", "nu_dtype") + MUON_ARGUMENTS,
+                             shared_adam=MUON_SHARED_ADAM),
     "newton_muon": OptimizerSpec(
         newton_muon, ("beta2", "refresh_every", "ridge", "k0", "ridge_eps", "refresh_rule",
                       "block_diagonal") + MUON_ARGUMENTS,
-        activation_stats_schedule=_newton_muon_stats),
+        activation_stats_schedule=_newton_muon_stats, shared_adam=MUON_SHARED_ADAM),
     "adamw": OptimizerSpec(adamw, ("learning_rate", "b1", "b2", "eps", "weight_decay",
-                                   "nesterov"), param_labels=_all_adam),
+                                   "nesterov", "adam_learning_rate", "adam_weight_decay",
+                                   "dimension_numbers"),
+                           param_labels=_adamw_labels, shared_adam=ADAMW_SHARED_ADAM),
     "scion": OptimizerSpec(scion, ("learning_rate", "alpha", "constrained", "lmos", "overrides",
                                    "dimension_numbers", "compute_dtype", "mu_dtype")),
-    "mano": OptimizerSpec(mano, ("version", "both_axes") + MUON_ARGUMENTS),
+    "mano": OptimizerSpec(mano, ("version", "both_axes") + MUON_ARGUMENTS,
+                          shared_adam=MUON_SHARED_ADAM),
     "muon_adam": OptimizerSpec(muon_adam, _MUON_ADAM, needs_value=True),
     "muon_max": OptimizerSpec(muon_max, tuple(a for a in _MUON_ADAM if a != "global_scale"),
                               needs_value=True),
