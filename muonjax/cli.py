@@ -308,7 +308,11 @@ def _run_tune(preset, out: str, args) -> dict:
 
 
 def _tune(args) -> int:
-  _run_tune(_comparison_preset(args), _run_dir(args.out, "tune"), args)
+  from muonjax import tune
+
+  preset = _comparison_preset(args)
+  tune.check_budget(args.budget)  # bad flags before the run folder is made
+  _run_tune(preset, _run_dir(args.out, "tune"), args)
   return 0
 
 
@@ -316,13 +320,17 @@ def _compare(args) -> int:
   from muonjax import compare, tune
 
   preset = _comparison_preset(args)
-  out = _run_dir(args.out, "compare")
-  tuned = None
-  if args.tune_from:
-    tuned = _read_tune(args.tune_from)
-  elif args.tune:
-    tuned = _run_tune(preset, os.path.join(out, "tune"), args)
+  if args.tune and args.tune_from:
+    raise ValueError("--tune and --tune-from exclude each other")
+  if args.tune:
+    tune.check_budget(args.budget)  # bad flags before the run folder is made
+  tuned = _read_tune(args.tune_from) if args.tune_from else None
   if tuned is not None:
+    preset = dataclasses.replace(
+        preset, optimizers=tune.tuned_optimizers(preset.optimizers, tuned))
+  out = _run_dir(args.out, "compare")
+  if args.tune:
+    tuned = _run_tune(preset, os.path.join(out, "tune"), args)
     preset = dataclasses.replace(
         preset, optimizers=tune.tuned_optimizers(preset.optimizers, tuned))
   progress = _Progress(args.quiet)

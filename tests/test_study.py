@@ -172,7 +172,8 @@ def test_lr_grid_entries_and_compare_entry_keys():
   assert grid.baseline == "Muon @ 0.01"
   config = compare.train_config(grid, "Muon @ 0.1", seed=2)
   assert (config.optimizer, config.learning_rate, config.seed) == ("muon", 0.1, 2)
-  assert config.optimizer_hparams == {"beta": 0.9}
+  shared = {f"adam_{k}": v for k, v in compare.SHARED_ADAM.items()}  # symmetric arms
+  assert config.optimizer_hparams == {"beta": 0.9, **shared}
   assert config.sphere_every == 3 and config.model_fields["gated"] is True
   with pytest.raises(ValueError, match="no learning rates for"):
     study.lr_grid(preset, {"x": {}}, {})
