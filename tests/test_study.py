@@ -258,6 +258,7 @@ def _run_script(name, tmp_path):
   return out, report_text, summary
 
 
+@pytest.mark.e2e
 def test_lr_sensitivity_study_smoke(tmp_path):
   out, text, summary = _run_script("study_lr_sensitivity", tmp_path)
   assert set(summary["curves"]) == {"AdamW", "MuonMax-Momo"}
