@@ -319,7 +319,7 @@ def test_loop_keeps_normalized_models_on_the_sphere():
   optimizer = nnx.Optimizer(model, with_sphere_projection(mj.muon(0.05), model), wrt=nnx.Param)
   params = nnx.state(model, nnx.Param)
   grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape, p.dtype), params)
-  optimizer.update(model, grads)
+  nnx.jit(lambda optimizer, model, grads: optimizer.update(model, grads))(optimizer, model, grads)
   axes = mj.sphere_axes(model)
   checked = 0
   for (path, axis), (_, leaf) in zip(nnx.to_flat_state(axes), nnx.to_flat_state(nnx.state(model, nnx.Param))):
