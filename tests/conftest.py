@@ -20,3 +20,24 @@ def fp32_matmuls():
   """
   with jax.default_matmul_precision("highest"):
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+  import os
+  if not os.environ.get("MJ_CACHE"):
+    yield
+    return
+  import helpers
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  path = root / "xla_cache"
+  path.mkdir(exist_ok=True)
+  from jax.experimental.compilation_cache import compilation_cache
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  compilation_cache.reset_cache()
+  for name, value in zip(names, (str(path), float(os.environ["MJ_CACHE"]), 0)):
+    jax.config.update(name, value)
+  yield

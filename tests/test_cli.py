@@ -38,6 +38,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, fragment, capsys):
   assert len(err.splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_module_entry_point():
   proc = subprocess.run([sys.executable, "-m", "muonjax", "demo", "--steps", "-3"],
                         capture_output=True, text=True, timeout=120)
@@ -52,6 +53,7 @@ TINY_FLAGS = ["--set", "d_model=16", "--set", "n_layers=1", "--set", "n_heads=2"
               "--set", "d_ff=32", "--batch-size", "4", "--seq-len", "16"]
 
 
+@pytest.mark.e2e
 def test_compare_smoke_preset_writes_a_consistent_report(tmp_path, capsys):
   import json
   out = tmp_path / "cmp"
@@ -76,6 +78,7 @@ def test_compare_smoke_preset_writes_a_consistent_report(tmp_path, capsys):
   assert "already exists" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_train_then_resume_in_the_run_folder(tmp_path, capsys):
   import json
   out = tmp_path / "run"

@@ -61,6 +61,7 @@ def straight(jax_cache, corpus_file, tmp_path_factory):
   return config, train(config)
 
 
+@pytest.mark.e2e
 def test_sigkill_after_checkpoint_then_resume_is_exact(straight, jax_cache, corpus_file,
                                                         tmp_path):
   config, result = straight

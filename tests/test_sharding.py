@@ -427,6 +427,7 @@ def test_parser_on_single_device_compiled_ns():
 # ------------------------------------------------------ 8 simulated devices
 
 
+@pytest.mark.e2e
 def test_worker_sees_eight_devices(results):
   assert results["devices"] == N_DEVICES
   assert results["mesh"] == {"data": 2, "fsdp": 4}
@@ -439,6 +440,7 @@ def test_worker_sees_eight_devices(results):
   assert "fsdp must be a positive integer" in errors["zero"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["stack_all_axes", "stack_fsdp", "replicated",
                                   "stack_all_axes_set_mesh", "stack_fsdp_set_mesh",
                                   "replicated_set_mesh", "replicated_strategy"])
@@ -449,6 +451,7 @@ def test_stacked_ns_has_no_collectives_in_loop(results, case):
   assert r["in_ns_loops"] == [] and r["in_any_loop"] == [], r
 
 
+@pytest.mark.e2e
 def test_stage_shards_the_stack_under_set_mesh(results):
   # A replicated input is split over the devices by the stage (local slicing,
   # no communication at all) and iterated without collectives.
@@ -458,6 +461,7 @@ def test_stage_shards_the_stack_under_set_mesh(results):
   assert results["stack"]["replicated_strategy"]["total"] == {}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("b", ["5", "12"])
 def test_padded_stacks(results, b):
   r = results["padded"][b]
@@ -465,6 +469,7 @@ def test_padded_stacks(results, b):
   assert r["in_ns_loops"] == []
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["stage_gspmd", "shard_map"])
 def test_long_axis_one_gram_all_reduce_per_iteration(results, case):
   r = results["long"][case]
@@ -476,16 +481,19 @@ def test_long_axis_one_gram_all_reduce_per_iteration(results, case):
   assert r["total"] == {"all-reduce": 3}, r
 
 
+@pytest.mark.e2e
 def test_gram_mode_keeps_the_long_axis_sharded(results):
   assert results["long"]["shard_map"]["spec"] == str(P(None, ("data", "fsdp")))
   assert "not divisible" in results["indivisible_error"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["long", "tall", "short", "stack", "replicated"])
 def test_automatic_choice_matches_unsharded(results, case):
   assert results["auto"][case]["err"] < 1e-5
 
 
+@pytest.mark.e2e
 def test_automatic_choice_layouts(results):
   auto = results["auto"]
   assert auto["long"]["spec"] == str(P(None, ("data", "fsdp")))
@@ -495,12 +503,14 @@ def test_automatic_choice_layouts(results):
   assert auto["replicated"]["spec"] == str(P(None, None))
 
 
+@pytest.mark.e2e
 def test_explicit_mesh_axes(results):
   stack, long = results["explicit"]["stack"], results["explicit"]["long"]
   assert stack["err"] < 1e-5 and stack["in_ns_loops"] == []
   assert long["err"] < 1e-5 and long["in_ns_loops"] == ["all-reduce"]
 
 
+@pytest.mark.e2e
 def test_param_and_state_shardings(results):
   ps, ss = results["param_specs"], results["state_specs"]
   stacked = str(P("fsdp", None, None))
@@ -520,11 +530,13 @@ def test_param_and_state_shardings(results):
   assert ss["opt_state/inner_states/muon/inner_state/0/count"] == str(P())
 
 
+@pytest.mark.e2e
 def test_batch_sharding(results):
   assert results["batch_spec"] == str(P(("data", "fsdp"), None))
   assert "divisible by the 8 devices" in results["batch_error"]
 
 
+@pytest.mark.e2e
 def test_sharded_training_matches_single_device(results):
   r = results["train"]
   single, sharded = np.array(r["single"]), np.array(r["sharded"])
@@ -533,6 +545,7 @@ def test_sharded_training_matches_single_device(results):
   np.testing.assert_allclose(sharded, single, atol=1e-4, rtol=0)
 
 
+@pytest.mark.e2e
 def test_train_step_hlo_has_no_collectives_in_ns_loops(results):
   r = results["train"]
   assert r["ns_loops"] >= 1

@@ -222,6 +222,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(corpus_file, tmp_pa
   assert all(math.isfinite(r["loss"]) for r in records[:-1])
 
 
+@pytest.mark.e2e
 def test_keyboard_interrupt_saves_a_checkpoint(corpus_file, tmp_path):
   # The program of test_log_records_result_and_callback (a compilation cache hit).
   config = tiny(corpus_file, schedule="cosine", warmup_steps=2,
@@ -239,6 +240,7 @@ def test_keyboard_interrupt_saves_a_checkpoint(corpus_file, tmp_path):
   assert meta["step"] == 3 and meta["last_record"]["step"] == 3 and meta["stream"]
 
 
+@pytest.mark.e2e
 def test_ctrl_c_finishes_the_step_then_saves(corpus_file, tmp_path):
   """A real SIGINT is deferred to the end of the step: the step completes, then it stops."""
   config = tiny(corpus_file, schedule="cosine", warmup_steps=2,
@@ -317,7 +319,7 @@ def test_loop_keeps_normalized_models_on_the_sphere():
   optimizer = nnx.Optimizer(model, with_sphere_projection(mj.muon(0.05), model), wrt=nnx.Param)
   params = nnx.state(model, nnx.Param)
   grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape, p.dtype), params)
-  optimizer.update(model, grads)
+  nnx.jit(lambda optimizer, model, grads: optimizer.update(model, grads))(optimizer, model, grads)
   axes = mj.sphere_axes(model)
   checked = 0
   for (path, axis), (_, leaf) in zip(nnx.to_flat_state(axes), nnx.to_flat_state(nnx.state(model, nnx.Param))):

@@ -255,10 +255,12 @@ def test_cli_mesh_flag(corpus, tmp_path, capsys):
 # ---------------------------------------------------- 8 simulated devices
 
 
+@pytest.mark.e2e
 def test_worker_sees_eight_devices(results):
   assert results["devices"] == 8
 
 
+@pytest.mark.e2e
 def test_sharded_losses_match_one_device(results):
   single, sharded = np.array(results["single"]), np.array(results["sharded"])
   assert len(single) == len(sharded) == STEPS
@@ -267,6 +269,7 @@ def test_sharded_losses_match_one_device(results):
   assert abs(results["val"]["sharded"] - results["val"]["single"]) < 1e-4
 
 
+@pytest.mark.e2e
 def test_compiled_step_has_no_collectives_in_newton_schulz_loops(results):
   hlo = results["hlo"]
   assert hlo["ns_loops"] >= 1, hlo
@@ -274,12 +277,14 @@ def test_compiled_step_has_no_collectives_in_newton_schulz_loops(results):
   assert sum(hlo["total"].values()) > 0, hlo  # the step itself is sharded
 
 
+@pytest.mark.e2e
 def test_resume_under_the_mesh_is_exact(results):
   r = results["resume"]
   assert r["resumed_from"] == 3 and len(r["first"]) == 3 and len(r["rest"]) == 3
   assert r["first"] + r["rest"] == results["sharded"][:6]  # bit-identical
 
 
+@pytest.mark.e2e
 def test_mesh_errors_name_the_field(results):
   errors = results["errors"]
   assert "TrainConfig.mesh" in errors["mismatch"] and "device count 8" in errors["mismatch"]
@@ -289,6 +294,7 @@ def test_mesh_errors_name_the_field(results):
 # ------------------------------------------------ two processes on loopback
 
 
+@pytest.mark.e2e
 def test_two_processes_match_the_single_process_run(two_processes, results):
   """Each process reads its half of every batch; a checkpoint at step 3 is
   written by both (orbax) and resumed by both; only process 0 logs."""
