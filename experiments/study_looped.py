@@ -1,7 +1,7 @@
 """Study 1: Muon variants × looped transformers (LoopFormer, Mixture-of-Recursions, Hyperloop).
 
 Reproduces and extends the "Muon Optimizer Variants × Looped Transformers"
-table (LoopFormer 1 layer × 2 loops, 50 steps; seeds/000 in the spec folder):
+table of that research note (LoopFormer 1 layer × 2 loops, 50 steps):
 
 1. ``tune``: every variant's learning rate from a small grid (1 seed, the
    long setting's length), on LoopFormer;

@@ -31,7 +31,7 @@ METHODS = {
     "MuonMax": dict(optimizer="muon_max"),
     "MuonAdam-Momo": dict(optimizer="momo", base="muon_adam"),
     "MuonMax-Momo": dict(optimizer="momo", base="muon_max"),
-    # Scion's per-layer norms (optimizers spec §8): the "Mixed" default is
+    # Scion's per-layer norms (docs/optimizers.md#scion): the "Mixed" default is
     # Spectral hidden matrices, Sign head, ColNorm embeddings, BiasRMS vectors.
     "Scion (constrained)": dict(optimizer="scion", constrained=True),
     "Scion (unconstrained)": dict(optimizer="scion", constrained=False),

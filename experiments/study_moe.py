@@ -1,7 +1,7 @@
 """Study 2: Muon on a small Mixture-of-Experts transformer with latent attention.
 
-Reproduces the four experiments of the blueberry-llm Muon analysis (seeds/001
-in the spec folder; model spec §10): a MoE transformer (8 experts, top-2,
+Reproduces the four experiments of the blueberry-llm Muon analysis
+(docs/models.md#moe-with-latent-attention): a MoE transformer (8 experts, top-2,
 load-balance loss) with multi-head self-attention (MHSA) or multi-head latent
 attention (MHLA):
 
@@ -9,7 +9,7 @@ attention (MHLA):
 (a) ``hybrid``: Muon on the hidden matrices + AdamW on embeddings/norms vs
     AdamW everywhere, both at their best learning rate from a grid;
 (b) ``ablation``: full Muon, momentum only, NS only, SGD-like (optimizers
-    spec §12.5), each at its own best learning rate;
+    docs/optimizers.md#ablation-chains), each at its own best learning rate;
 (d) ``activations``: SiLU/GELU/ReLU/Tanh × MHSA/MHLA with Muon.
 
 Usage::
@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from muonjax import study  # noqa: E402
 from muonjax.compare import ComparePreset  # noqa: E402
 
-# optimizers spec §12.5: embeddings and norms stay on AdamW in every row.
+# docs/optimizers.md#ablation-chains: embeddings and norms stay on AdamW in every row.
 ABLATIONS = {
     "full Muon": dict(optimizer="muon"),
     "momentum only": dict(optimizer="muon", method=None),
@@ -157,7 +157,7 @@ def run(args, log) -> dict:
                               note=f"Learning rates: AdamW {best['AdamW']:g}, Muon "
                                    f"{best['Muon']:g} (AdamW branch {ADAM_BRANCH_LR:g})."),
       "## (b) Ablation: learning rate of each row (1 seed)", "",
-      "Definitions (optimizers spec §12.5): full Muon = momentum 0.95 (Nesterov) → NS5 → Keller "
+      "Definitions (docs/optimizers.md#ablation-chains): full Muon = momentum 0.95 (Nesterov) → NS5 → Keller "
       "scale; momentum only = no NS; NS only = β 0 (U = G); SGD-like = neither. Embeddings, "
       "norms and routers stay on AdamW in every row.", "",
       study.lr_table(ablation_curves), "",

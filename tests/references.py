@@ -1,7 +1,7 @@
 """Independent NumPy float64 references shared by the tests.
 
-Everything here is written from the optimizers spec (``optimizers.md`` §0.4,
-§2.2-§2.5, §15.1) and the published tables, never imported from muonjax: this
+Everything here is written from docs/optimizers.md (#newton-schulz-step,
+#coefficient-sets, #singular-value-ranges) and the published tables, never imported from muonjax: this
 module is the oracle the library is checked against, so it must not share code
 or constants with it. (The library's own copy of the tables lives in
 ``muonjax/orthogonalization/coefficients.py``; ``test_newton_schulz`` checks
@@ -15,12 +15,12 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-# --- coefficient tables (spec §2.2-§2.5) ------------------------------------
+# --- coefficient tables (docs/optimizers.md#coefficient-sets) ------------------------------------
 
-# Keller Jordan's quintic (§2.2), one row used at every step.
+# Keller Jordan's quintic (docs/optimizers.md#coefficient-sets), one row used at every step.
 KELLER = (3.4445, -4.7750, 2.0315)
 
-# Dion's 5-row table (§2.2).
+# Dion's 5-row table (docs/optimizers.md#coefficient-sets).
 DION = np.array([
     [4.0848, -6.8946, 2.9270],
     [3.9505, -6.3029, 2.6377],
@@ -29,7 +29,7 @@ DION = np.array([
     [2.8366, -3.0525, 1.2012],
 ])
 
-# modded-nanogpt / Dion 5-step Polar Express table (§2.3), safety 1.02 folded
+# modded-nanogpt / Dion 5-step Polar Express table (docs/optimizers.md#coefficient-sets), safety 1.02 folded
 # into rows 1-4. Normalize by ||X||_F * 1.02 + 1e-6.
 PE_MODDED = np.array([
     [8.156554524902461, -22.48329292557795, 15.878769915207462],
@@ -39,7 +39,7 @@ PE_MODDED = np.array([
     [2.3465413258596377, -1.7097828382687081, 0.42323551169305323],
 ])
 
-# The Polar Express paper table (§2.4; arXiv 2505.16932 and its reference
+# The Polar Express paper table (docs/optimizers.md#coefficient-sets; arXiv 2505.16932 and its reference
 # repo), before the 1.01 safety factor; the last row is exactly the limit.
 PE_RAW = np.array([
     [8.28721201814563, -23.595886519098837, 17.300387312530933],
@@ -52,7 +52,7 @@ PE_RAW = np.array([
     [1.875, -1.25, 0.375],
 ])
 
-# The same table as the spec prints it deflated (§2.4): rows 1-7 divided by
+# The same table as muonjax.orthogonalization.coefficients.deflate computes it deflated (docs/optimizers.md#coefficient-sets): rows 1-7 divided by
 # (s, s^3, s^5) with s = 1.01, to 10 decimals; row 8 is the limit polynomial.
 # Normalize by ||X||_F * 1.01 + 1e-7.
 PE_DEFLATED_10DP = np.array([
@@ -83,14 +83,14 @@ def deflate_rows(table, s):
 PE_PAPER = deflate_rows(PE_RAW, 1.01)
 
 # GPT-opt `polar.py` divides a, b AND c of every row (row 8 included) by
-# 1 + deflation_eps = 1.01 (spec §2.2, §2.5; modichirag/GPT-opt
+# 1 + deflation_eps = 1.01 (docs/optimizers.md#coefficient-sets; modichirag/GPT-opt
 # gptopt/optim/polar.py: `a = a / (1 + deflation_eps)` etc.), i.e. p(x) / 1.01,
-# whose fixed point is 1/1.01 = 0.990 (§15.1: "GPT-opt ... x8 [0.990, 0.990]").
+# whose fixed point is 1/1.01 = 0.990 (docs/optimizers.md#singular-value-ranges: "GPT-opt ... x8 [0.990, 0.990]").
 # (A p(x/s) deflation of every row, as an earlier version did, gives 1.000.)
 # It normalizes by ||X||_F * 1.01 with no epsilon.
 PE_GPTOPT = PE_RAW / 1.01
 
-# name -> (table, safety s, eps, default T) from the §2.2 table (Keller eps).
+# name -> (table, safety s, eps, default T) from the coefficient-set table of docs/optimizers.md#coefficient-sets (Keller eps).
 SPEC_SETS = {
     "keller": (np.array([KELLER]), 1.0, 1e-7, 5),
     "dion": (DION, 1.0, 1e-7, 5),
@@ -140,7 +140,7 @@ def fro(x):
 
 
 def newton_schulz(x, table=KELLER, steps=5, *, safety=1.0, eps=1e-7, bf16=False):
-  """Quintic Newton-Schulz (spec §0.4, §2.1) on a stack ``(..., m, n)`` in float64.
+  """Quintic Newton-Schulz (docs/optimizers.md#newton-schulz-step, #orthogonalization) on a stack ``(..., m, n)`` in float64.
 
   ``X / (||X||_F * safety + eps)`` per matrix, then the first ``steps`` rows of
   ``table`` (the last row repeats); tall matrices are iterated transposed.
@@ -168,7 +168,7 @@ def polar(x):
 
 
 def muon_first_direction(g, beta=0.95, bf16=False):
-  """Keller Muon's first direction from zero state (spec §3.1) on ``(..., n_in, n_out)``.
+  """Keller Muon's first direction from zero state (docs/optimizers.md#muon) on ``(..., n_in, n_out)``.
 
   EMA momentum ``M_1 = (1 - beta) G``, Nesterov input ``beta M_1 + (1 - beta) G``,
   Keller NS5, shape factor ``sqrt(max(1, n_out / n_in))``.

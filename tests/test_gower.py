@@ -1,7 +1,7 @@
 """MuonAdam, MuonMax and Momo (`mj.muon_adam`, `mj.muon_max`, `mj.momo`) against NumPy.
 
-The float64 reference is written from the optimizers spec §9 (with §0.2's "EMA
-started at the first gradient" and §2.5's GPT-opt polar variant). Muon leaves
+The float64 reference is written from docs/optimizers.md#muonadam-muonmax-and-momo (with the "EMA
+started at the first gradient" momentum of #momentum-forms and the GPT-opt polar variant of #coefficient-sets). Muon leaves
 are stacks of Flax ``(n_in, n_out)`` matrices (a 2-D leaf is a stack of one);
 the polar factor is taken per matrix. The test tree holds a Muon matrix, a
 stacked ``(L, in, out)`` Muon leaf, an Adam bias and a 2-D Adam embedding, so
@@ -32,7 +32,7 @@ from helpers import as_stack, random_tree, states_of, to_jax
 
 pytestmark = pytest.mark.usefixtures("fp32_matmuls")
 
-# --- NumPy float64 reference (spec §0.2, §2.5, §9) --------------------------
+# --- NumPy float64 reference (docs/optimizers.md#momentum-forms, #coefficient-sets, #muonadam-muonmax-and-momo) --------------------------
 
 
 def np_polar_gptopt(x, steps=5):
@@ -45,7 +45,7 @@ NP_POLAR = {"svd": references.polar, "polar_express_gptopt": np_polar_gptopt,
 
 
 class GowerReference:
-  """Spec §9 on dicts of float64 arrays; Muon leaves are ``(B, n_in, n_out)`` stacks."""
+  """docs/optimizers.md#muonadam-muonmax-and-momo on dicts of float64 arrays; Muon leaves are ``(B, n_in, n_out)`` stacks."""
 
   def __init__(self, variant, params, muon_keys, *, polar="svd", lr=1e-3, s=10.0, wd=0.1,
                beta=0.95, b1=0.95, b2=0.95, eps=1e-8, momo=False, f_star=0.0, clamp=True,
@@ -257,7 +257,7 @@ def test_momo_requires_beta_equal_beta1(factory):
 
 @pytest.mark.parametrize("factory", [mj.muon_max, mj.momo])
 def test_zero_gradients_give_finite_updates(factory):
-  """Spec §14: zero momentum must not produce NaN (GPT-opt's eps-free NS would)."""
+  """docs/optimizers.md#pitfalls: zero momentum must not produce NaN (GPT-opt's eps-free NS would)."""
   params = to_jax(ref_params(6))
   g = jax.tree.map(jnp.zeros_like, params)
   tx = factory(1e-2, compute_dtype=None)
@@ -281,7 +281,7 @@ def test_cautious_weight_decay_mode():
     assert_close(u1[k], -0.01 * (d + 0.1 * (d * w >= 0) * w))
 
 
-# --- stage S6 on its own ----------------------------------------------------
+# --- the global-scale stage on its own ----------------------------------------------------
 
 
 def test_global_nuclear_norm_stage():
@@ -316,7 +316,7 @@ def test_global_nuclear_norm_stage():
 
 
 def test_global_nuclear_norm_inside_partition():
-  """S6 inside optax.partition sums over the Muon branch only (MaskedNode-safe)."""
+  """The global-scale stage inside optax.partition sums over the Muon branch only (MaskedNode-safe)."""
   rng = np.random.default_rng(8)
   params = {"w": jnp.zeros((4, 6)), "v": jnp.zeros((6, 4)), "b": jnp.zeros((6,))}
   g = {k: jnp.asarray(rng.standard_normal(p.shape), jnp.float32) for k, p in params.items()}
@@ -329,7 +329,7 @@ def test_global_nuclear_norm_inside_partition():
 
 
 def test_gptopt_coefficients_match_spec_ranges():
-  """Spec §15.1: GPT-opt's uniform ÷1.01 table, 5 and 8 steps, sigma in [1e-3, 1]."""
+  """docs/optimizers.md#singular-value-ranges: GPT-opt's uniform ÷1.01 table, 5 and 8 steps, sigma in [1e-3, 1]."""
   table = mj.get_coefficients("polar_express_gptopt").table
   np.testing.assert_allclose(table, references.PE_GPTOPT, rtol=1e-15)
   sigma = np.linspace(1e-3, 1, 20001)

@@ -1,4 +1,4 @@
-"""Tests for the Hyperloop Transformer (muonjax.models.hyperloop, models spec §6)."""
+"""Tests for the Hyperloop Transformer (muonjax.models.hyperloop, docs/models.md#hyperloop)."""
 
 import dataclasses
 
@@ -53,7 +53,7 @@ def is_dn(x):
 
 @nnx.jit
 def reference(model, x):
-  """Spec §6.1 written out with Python loops over loops and streams."""
+  """docs/models.md#hyperloop written out with Python loops over loops and streams."""
   c = model.config
   hc = {k: v for k, v in nnx.to_pure_dict(nnx.state(model.hyper, nnx.Param)).items()}
   h = run_stacked(model.begin, model.embed(x))

@@ -1,8 +1,8 @@
 """Pallas symmetric kernels (muonjax/kernels) in interpret mode against the XLA path.
 
-Performance spec §4.5 item 7: odd shapes (non-multiples of the block), stacks
+docs/performance.md#kernel-design: odd shapes (non-multiples of the block), stacks
 and tall inputs; fp32 agrees to 1e-5, bf16 within the bf16 tolerance of
-optimizers spec §15.1 (±3e-2 on output singular values). Small blocks (8/16)
+docs/optimizers.md#singular-value-ranges (±3e-2 on output singular values). Small blocks (8/16)
 give several tiles per side on small matrices so the triangular tiling is
 exercised. Timings are never asserted here (interpret mode is a scan over the
 grid); ``experiments/bench_kernels.py --smoke`` is run as a plumbing check.
@@ -252,7 +252,7 @@ def test_polar_express_pallas_equals_xla():
 
 
 def test_ns5_bf16_pallas_within_spec_tolerance():
-  # optimizers spec §15.1 oracle: output sigma = p5(...p1(sigma / ||X||_F)) for
+  # docs/optimizers.md#singular-value-ranges oracle: output sigma = p5(...p1(sigma / ||X||_F)) for
   # Keller's quintic, in float64; bf16 compute gets +-3e-2.
   rng = np.random.default_rng(4)
   u, _ = np.linalg.qr(rng.standard_normal((48, 48)))

@@ -1,6 +1,6 @@
-"""Tests for muonjax.models.loopformer (models spec §3, §13 B, §14 trap 1, §16).
+"""Tests for muonjax.models.loopformer (docs/models.md#loopformer, #weight-shared-loops, #dropout-keys-in-shared-loops, #expected-behaviours).
 
-The oracle is a NumPy float64 re-implementation of the spec §3.1/§3.2 equations
+The oracle is a NumPy float64 re-implementation of the docs/models.md#loopformer and #trajectories-and-loss equations
 on the model's own parameters (``ref_hidden`` / ``ref_loss`` below); oracle tests
 first draw O(1) random parameters (``randomize``), because at the reference init
 the gates are ~1e-3 and the looped stack hardly shows in the output.
@@ -150,7 +150,7 @@ def attention(h, p, n_heads):
 def dropout_masks(key, n_steps, n_layers, shape, rate, freeze=False):
   """The model's key derivation (``LoopFormer.hidden``), each mask rescaled by 1/(1 − rate).
 
-  ``freeze=True`` reuses loop 0's keys in every loop: the §14 trap-1 bug.
+  ``freeze=True`` reuses loop 0's keys in every loop: the shared-loop dropout bug (docs/models.md#dropout-keys-in-shared-loops).
   """
   keep = 1.0 - rate
   mask = lambda k: np.asarray(jax.random.bernoulli(k, keep, shape), np.float64) / keep
@@ -166,7 +166,7 @@ def dropout_masks(key, n_steps, n_layers, shape, rate, freeze=False):
 
 
 def ref_hidden(p, toks, steps, n_heads, masks=None, base_loop=False):
-  """Spec §3.1 from the equations; ``base_loop``: no conditioning (Base-Loop, spec §4.1)."""
+  """docs/models.md#loopformer from the equations; ``base_loop``: no conditioning (Base-Loop, docs/models.md#looped-transformer)."""
   toks = np.asarray(toks)
   x = p["wte"][toks] + p["wpe"][:toks.shape[-1]]
   if masks is not None:
@@ -197,7 +197,7 @@ def ref_ce(p, x, targets):
 
 def ref_loss(p, inputs, targets, full, short, n_heads, masks_full=None, masks_short=None,
              anchor=None):
-  """CE_L + 0.1·CE_S + 0.1·MSE(x_L, x_S), x after norm_f (spec §3.2).
+  """CE_L + 0.1·CE_S + 0.1·MSE(x_L, x_S), x after norm_f (docs/models.md#trajectories-and-loss).
 
   ``anchor``: the MSE target instead of x_L (x_L at fixed parameters: stop_grad for
   finite differences).
@@ -252,7 +252,7 @@ def test_shapes_and_no_rng_state():
   assert b.adaln.bias.shape == (3, 64)
   assert model.core.time_embedder.fc1.linear.kernel.shape == (256, 16)
   assert model.wpe.embedding.shape == (16, 16)
-  assert model.lm_head is None  # tied by default (spec §3.1)
+  assert model.lm_head is None  # tied by default (docs/models.md#loopformer)
   assert not jax.tree.leaves(nnx.state(model, nnx.RngState))  # keys come in at call time
   with pytest.raises(ValueError, match="max_seq_len"):
     build()(tokens(seq=SEQ + 1))
@@ -296,7 +296,7 @@ def test_param_count_independent_of_loops():
 
 
 def test_published_config_param_count():
-  c = lf.LOOPFORMER_3X8  # 3⊗8, d 2048, d_ff 5120, vocab 50304, block 1024 (spec §3.3)
+  c = lf.LOOPFORMER_3X8  # 3⊗8, d 2048, d_ff 5120, vocab 50304, block 1024 (docs/models.md#published-configuration)
   d = 2048
   block = 4 * d * d + 2 * d * 5120 + 4 * d * d + 4 * d
   embedders = 2 * (256 * d + d + d * d + d)
@@ -341,7 +341,7 @@ def test_scan_matches_unrolled_loop():
 
 
 def test_dropout_uses_a_fresh_key_every_loop():
-  """§14 trap 1 on the real model: train mode matches the oracle with per-loop masks, not frozen."""
+  """docs/models.md#dropout-keys-in-shared-loops on the real model: train mode matches the oracle with per-loop masks, not frozen."""
   model = randomize(build(), seed=3)
   x, key = tokens(1), jax.random.key(7)
   p = np_params(model)
@@ -460,7 +460,7 @@ def test_fresh_adaln_zero_model_is_the_identity_stack():
 
 
 def test_constant_modulation_is_base_loop():
-  """With the adaLN output pinned to gates 1, scales 0, LoopFormer is Base-Loop (spec §4.1).
+  """With the adaLN output pinned to gates 1, scales 0, LoopFormer is Base-Loop (docs/models.md#looped-transformer).
 
   The trajectory then only sets the number of loops: the conditioning carries all
   of the difference between the two models.

@@ -1,6 +1,6 @@
 """Mano (arXiv 2601.23000): the mano_normalize stage and the mj.mano alias.
 
-The NumPy reference below is written from the spec (optimizers.md §6) in Flax
+The NumPy reference below is written from docs/optimizers.md#mano in Flax
 (n_in, n_out) layout: at even t the slices are rows (norms over axis -1), at
 odd t columns (norms over axis -2).
 """

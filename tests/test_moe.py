@@ -107,7 +107,7 @@ def route(m, x):
 
 
 def reference(m, x, noise=None):
-  """The MoE equation of spec §10.1, one token at a time, in float64 NumPy."""
+  """The MoE equation of docs/models.md#moe-with-latent-attention, one token at a time, in float64 NumPy."""
   wr = np.asarray(m.router.kernel[...], np.float64)
   w1 = np.asarray(m.experts.w_in.kernel[...], np.float64)
   w2 = np.asarray(m.experts.w_out.kernel[...], np.float64)
@@ -159,7 +159,7 @@ def test_top2_distinct_experts_with_renormalized_weights():
   assert np.all((combine > 0).sum(-1) == 2)
   np.testing.assert_allclose(combine.sum(-1), 1.0, rtol=1e-6)
   chosen = np.take_along_axis(probs, indices, -1)
-  # Renormalized over the two chosen (spec: w = softmax(top-2 logits)), not the raw P.
+  # Renormalized over the two chosen (docs/models.md#moe-with-latent-attention: w = softmax(top-2 logits)), not the raw P.
   np.testing.assert_allclose(np.take_along_axis(combine, indices, -1),
                              chosen / chosen.sum(-1, keepdims=True), rtol=1e-5)
   assert np.all(np.take_along_axis(combine, indices, -1)[..., 0]
@@ -189,7 +189,7 @@ def test_load_balance_uniform_probabilities_give_the_weight():
 def test_load_balance_router_that_routes_uniformly():
   """A router whose tokens cycle through every rotation of one logit vector.
 
-  f_e = 1/E and P̄_e = 1/E exactly: the balanced value λ (spec §16: exactly 0.01).
+  f_e = 1/E and P̄_e = 1/E exactly: the balanced value λ (docs/models.md#expected-behaviours: exactly 0.01).
   """
   e, d = 4, 8
   m = layer(d=d, n_experts=e)
@@ -311,7 +311,7 @@ def test_analytic_param_count_of_built_model(attention):
   assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-STUDY = {  # spec §10.1 table: total (tied, V = 49,152) and active parameters per layer
+STUDY = {  # docs/models.md#moe-with-latent-attention (parameter counts): total (tied, V = 49,152) and active parameters per layer
     "mhsa": (79_059_840, 2_952_960, 589_824),
     "mhla": (81_837_312, 3_415_872, 1_052_736),
 }

@@ -1,4 +1,4 @@
-"""Tests for the Mixture-of-Recursions model (muonjax.models.mor, models spec §7)."""
+"""Tests for the Mixture-of-Recursions model (muonjax.models.mor, docs/models.md#mixture-of-recursions)."""
 
 import dataclasses
 

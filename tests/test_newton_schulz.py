@@ -1,11 +1,11 @@
 """Newton–Schulz / Polar Express orthogonalization against independent oracles.
 
 Every expected value here comes from NumPy float64 code written in the tests
-(``references.py``: coefficient tables copied from spec §2.2–2.4, the scalar
-composition of §15.1, SVD polar factors) or from an external implementation
+(``references.py``: coefficient tables copied from docs/optimizers.md#coefficient-sets, the scalar
+composition of docs/optimizers.md#singular-value-ranges, SVD polar factors) or from an external implementation
 (``optax.contrib._muon.orthogonalize_via_newton_schulz``), never from muonjax.
 
-Spec references: ``/work/shared/spec/optimizers.md`` §0.4, §2, §15.
+References: docs/optimizers.md#newton-schulz-step, #orthogonalization, #singular-value-ranges.
 """
 
 from __future__ import annotations
@@ -50,21 +50,21 @@ ALL_PRESET_NAMES = ("keller", "dion", "polar_express", "polar_express_modded",
                     "exact_cubic", "polar_express_gptopt")
 NORMS = ("frobenius", "spectral", "aol", "schatten", "none")
 
-# §15.1 output ranges: (preset, T) -> {lo: (min, max)}.
+# docs/optimizers.md#singular-value-ranges output ranges: (preset, T) -> {lo: (min, max)}.
 SPEC_RANGES = {
     ("keller", 5): {1e-2: (0.682, 1.134), 1e-3: (0.471, 1.202)},
     ("dion", 5): {1e-2: (0.978, 1.032), 1e-3: (0.475, 1.145)},
     ("polar_express_modded", 5): {1e-2: (0.859, 1.141), 1e-3: (0.847, 1.141)},
     ("polar_express", 5): {1e-2: (0.870, 1.124), 1e-3: (0.840, 1.124)},
     ("polar_express", 8): {1e-2: (1.000, 1.000), 1e-3: (1.000, 1.000)},
-    # Repeat-last rule (§15.1 point 3): T = 10 gives the range of T = 8.
+    # Repeat-last rule (docs/optimizers.md#singular-value-ranges (repeat-last check)): T = 10 gives the range of T = 8.
     ("polar_express", 10): {1e-2: (1.000, 1.000), 1e-3: (1.000, 1.000)},
     ("exact_cubic", 12): {1e-2: (1.000, 1.000), 1e-3: (1.000, 1.000)},
 }
 
 RANGE_TOL_FP32 = 1e-3
-# bf16 compute (§15.1 point 2: "start at ±3e-2 and calibrate it once").
-# The spec's ±3e-2 holds for the converged sets (PE paper x8/x10, exact_cubic
+# bf16 compute (docs/optimizers.md#singular-value-ranges (bf16 tolerance): "start at ±3e-2 and calibrate it once").
+# The bf16 tolerance ±3e-2 (docs/optimizers.md#singular-value-ranges) holds for the converged sets (PE paper x8/x10, exact_cubic
 # x12: observed |1 - sigma| <= 0.0094). For the non-converged sets it was
 # calibrated on the batch built by `_range_batch` (same numbers jit / no jit):
 #   upper end above the fp32 range by at most 0.0325 (dion, lo=1e-2: 1.0645
@@ -145,7 +145,7 @@ def test_tables_match_spec_text():
                                 EXACT_CUBIC)
   np.testing.assert_allclose(PRESETS["polar_express"].table, PE_PAPER,
                              rtol=0, atol=1e-14)
-  # Our own deflation reproduces the spec's derived 10-decimal table.
+  # Our own deflation reproduces the paper table deflated by 1.01 (docs/optimizers.md#coefficient-sets).
   np.testing.assert_allclose(PE_PAPER, PE_DEFLATED_10DP, rtol=0, atol=6e-11)
   for name, (_, safety, eps, _) in SPEC_SETS.items():
     assert PRESETS[name].safety == safety, name
@@ -185,7 +185,7 @@ def test_gptopt_variant_range():
 
 @pytest.mark.parametrize("name", sorted(SPEC_SETS))
 def test_default_steps_match_spec(name):
-  """§2.2 'T default' column: 5 for every set except exact_cubic (12)."""
+  """docs/optimizers.md#coefficient-sets 'T default' column: 5 for every set except exact_cubic (12)."""
   assert PRESETS[name].steps == SPEC_SETS[name][3]
 
 
@@ -212,7 +212,7 @@ def test_expand_table_repeats_last_row():
 
 
 def test_spec_range_table_reproduced_by_own_composition():
-  """Our float64 composition reproduces §15.1 (guards the oracle itself)."""
+  """Our float64 composition reproduces docs/optimizers.md#singular-value-ranges (guards the oracle itself)."""
   for (name, steps), ranges in SPEC_RANGES.items():
     table, safety, _, _ = SPEC_SETS[name]
     for lo, (want_lo, want_hi) in ranges.items():
@@ -248,7 +248,7 @@ def test_composed_polynomial_custom_table():
 # ---------------------------------------------------------------------------
 
 # ---------------------------------------------------------------------------
-# 1. Exact float64 oracle (§15.1 point 1).
+# 1. Exact float64 oracle (docs/optimizers.md#singular-value-ranges (exact float64 check)).
 # ---------------------------------------------------------------------------
 
 ORACLE_CASES = (
@@ -284,7 +284,7 @@ class ExactOracleTest(chex.TestCase):
 
 
 # ---------------------------------------------------------------------------
-# 2./3. Range oracle in float32 and with bf16 compute (§15.1 table).
+# 2./3. Range oracle in float32 and with bf16 compute (docs/optimizers.md#singular-value-ranges).
 # ---------------------------------------------------------------------------
 
 
@@ -328,7 +328,7 @@ class RangeOracleTest(chex.TestCase):
     for (case, lo), (out, composed) in self._run().items():
       want_lo, want_hi = SPEC_RANGES[case][lo]
       msg = f"{case} lo={lo}: output sigma in [{out.min()}, {out.max()}]"
-      # Inside the spec's range ...
+      # Inside the expected range ...
       self.assertGreaterEqual(out.min(), want_lo - tol, msg)
       self.assertLessEqual(out.max(), want_hi + tol, msg)
       # ... and equal to the composed range over the actual normalized sigma.
@@ -382,7 +382,7 @@ class RangeOracleTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_polar_express_modded_variant(self):
-    """polar_express(variant='modded') uses the §2.3 table with safety 1.02."""
+    """polar_express(variant='modded') uses the modded table of docs/optimizers.md#coefficient-sets with safety 1.02."""
     x = jnp.asarray(_range_batch(1e-2))
     sn = _svals(x)
     sn = sn / np.sqrt((sn**2).sum(-1, keepdims=True))
@@ -397,7 +397,7 @@ class RangeOracleTest(chex.TestCase):
 # 4. Equivariance.
 # ---------------------------------------------------------------------------
 
-# eps = 1e-7 sets. NS(cX) = NS(X) holds only "up to eps" (§2.1): with
+# eps = 1e-7 sets. NS(cX) = NS(X) holds only "up to eps" (docs/optimizers.md#orthogonalization): with
 # polar_express_modded (eps = 1e-6) and c = 1e-3 (||cX||_F ~ 0.03) the output
 # moves by 1.1e-4, which is the expected eps effect, not a bug.
 EQUIV_SETS = ("keller", "dion")
@@ -720,7 +720,7 @@ class HypothesisShapesTest(chex.TestCase):
 
 
 # ---------------------------------------------------------------------------
-# 10. orthogonalize_tree grouping (§2.8).
+# 10. orthogonalize_tree grouping (docs/optimizers.md#batching-and-grouping).
 # ---------------------------------------------------------------------------
 
 
@@ -782,7 +782,7 @@ class TreeGroupingTest(chex.TestCase):
 
 
 # ---------------------------------------------------------------------------
-# 11. No unrolling (§2.1): temp memory independent of T, a while loop in HLO.
+# 11. No unrolling (docs/optimizers.md#orthogonalization): temp memory independent of T, a while loop in HLO.
 # ---------------------------------------------------------------------------
 
 

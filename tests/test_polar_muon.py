@@ -1,6 +1,6 @@
 """`mj.polar_muon` (Muon with Polar Express coefficients) against a NumPy float64 reference.
 
-Reference (optimizers spec §2.3, §2.4, §3.1): EMA momentum 0.95 with Nesterov,
+Reference (docs/optimizers.md#coefficient-sets and #muon): EMA momentum 0.95 with Nesterov,
 pre-normalization ``X / (||X||_F * s + eps)``, the first T rows of the table
 (the last row repeats beyond the table), Keller shape scale
 ``sqrt(max(1, n_out / n_in))`` (Flax ``(n_in, n_out)``), ``-lr``.
@@ -27,8 +27,8 @@ pytestmark = pytest.mark.usefixtures("fp32_matmuls")
 # --- NumPy float64 reference ------------------------------------------------
 
 # variant -> (table, safety s, eps): normalize by ||X||_F * s + eps. "paper" is the
-# §2.4 table deflated by s = 1.01 as the spec prints it (10 decimals; row 8 is the
-# limit polynomial), "modded" the §2.3 modded-nanogpt / Dion 5-step table.
+# docs/optimizers.md#coefficient-sets deflated by s = 1.01 as muonjax.orthogonalization.coefficients.deflate computes it (10 decimals; row 8 is the
+# limit polynomial), "modded" the docs/optimizers.md#coefficient-sets modded-nanogpt / Dion 5-step table.
 VARIANTS = {"paper": (references.PE_DEFLATED_10DP, 1.01, 1e-7),
             "modded": (references.PE_MODDED, 1.02, 1e-6)}
 
@@ -94,7 +94,7 @@ class PolarMuonReferenceTest(chex.TestCase):
 
 @pytest.mark.parametrize("steps", [8, 10])
 def test_paper_table_all_rows_and_repeat_last(steps):
-  """T = 8 uses every row; T = 10 repeats row 8 (never cycles; EO PR #91)."""
+  """T = 8 uses every row; T = 10 repeats row 8 (never cycles; Emerging-Optimizers PR #91, https://github.com/NVIDIA-NeMo/Emerging-Optimizers/pull/91)."""
   tx = mj.polar_muon(variant="paper", steps=steps, compute_dtype=None)
   run_against_reference(jax.jit(tx.update), tx, "paper", steps=steps, seed=1)
 
@@ -105,7 +105,7 @@ def test_modded_repeats_last_row():
 
 
 def test_paper_eight_rows_are_nearly_orthogonal():
-  """Spec §15.1: 8 deflated rows map sigma in [1e-3, 1] to 1; output ~ polar factor."""
+  """docs/optimizers.md#singular-value-ranges: 8 deflated rows map sigma in [1e-3, 1] to 1; output ~ polar factor."""
   rng = np.random.default_rng(3)
   g = rng.standard_normal((6, 10)).astype(np.float32)
   params = {"w": jnp.zeros((6, 10))}

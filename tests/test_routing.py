@@ -1,4 +1,4 @@
-"""Tests of parameter routing (optimizers.md §12.2, §14) on dict trees and Flax NNX models."""
+"""Tests of parameter routing (docs/optimizers.md#routing, #pitfalls) on dict trees and Flax NNX models."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Scion (`mj.scion`, `scale_by_lmo` and the LMOs) against a NumPy float64 reference.
 
-The reference is written from the optimizers spec §8 in Flax layout: a kernel is
+The reference is written from docs/optimizers.md#scion in Flax layout: a kernel is
 ``(n_in, n_out)``. ColNorm has one statistic per input feature (a row: norm
 over axis -1), RowNorm one per output neuron (a column: norm over axis -2);
 an embedding ``(vocab, d)`` is input-major too, so ColNorm on it is per token.
@@ -26,7 +26,7 @@ import helpers
 import references
 from helpers import random_tree
 
-# --- NumPy float64 reference (spec §0.2, §0.4, §8) -------------------------
+# --- NumPy float64 reference (docs/optimizers.md#momentum-forms, #newton-schulz-step, #scion) -------------------------
 
 EPS = 1e-8
 
@@ -142,7 +142,7 @@ def test_spectral_equals_ns_times_factor():
     assert_close(unnorm, ns * np.sqrt(shape[1]))
     assert_close(clamped, ns * max(1.0, factor))
   # Keller's NS5 is only roughly the polar factor (singular values in ~[0.7, 1.2]);
-  # entrywise NS5 is within 0.1 of it once entries are O(1/sqrt(n)) (EO's test), so the
+  # entrywise NS5 is within 0.1 of it once entries are O(1/sqrt(n)) (Emerging-Optimizers' test), so the
   # LMO is within 0.1 x max(1, factor) of polar * factor.
   big = rng.standard_normal((48, 80)).astype(np.float32)
   factor = np.sqrt(80 / 48)

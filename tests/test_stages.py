@@ -1,7 +1,7 @@
 """Tests of the chain stages: momentum, scale_by_shape, orthogonalize.
 
 Every expected value comes from an independent float64 NumPy reference written
-from the spec's equations (optimizers.md §0.2, §2, §12.1, §15.2), or from optax.
+from published equations (docs/optimizers.md#momentum-forms, #orthogonalization, #shape-scale-rules, #test-oracles), or from optax.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ HYP = hypothesis.settings(max_examples=12, deadline=None, derandomize=True,
 
 
 def np_momentum_steps(grads, beta, form, nesterov, bias_correction):
-  """Spec §0.2 table, step by step. Returns (outputs, buffers) per step."""
+  """docs/optimizers.md#momentum-forms, step by step. Returns (outputs, buffers) per step."""
   buf = np.zeros_like(grads[0], dtype=np.float64)
   outs, bufs = [], []
   for t, g in enumerate(grads, start=1):
@@ -63,7 +63,7 @@ TREE_SHAPES = {"w": (4, 6), "b": (6,), "s": (2, 3, 5)}
 
 
 # --------------------------------------------------------------------------------------
-# momentum (S1)
+# momentum stage
 # --------------------------------------------------------------------------------------
 
 
@@ -159,7 +159,7 @@ class MomentumTest(chex.TestCase):
 
 
 # --------------------------------------------------------------------------------------
-# scale_by_shape (S5)
+# shape scale stage (scale_by_shape)
 # --------------------------------------------------------------------------------------
 
 
@@ -211,7 +211,7 @@ class ScaleByShapeTest(chex.TestCase):
     chex.assert_trees_all_close(out, expected, rtol=1e-6)
 
   def test_conv_uses_flattened_fan_in(self):
-    # spec §14: kh*kw*in, not in: keller on (3,3,16,32) is 1, not sqrt(2).
+    # docs/optimizers.md#pitfalls: kh*kw*in, not in: keller on (3,3,16,32) is 1, not sqrt(2).
     u = {"conv": jnp.ones((3, 3, 16, 32))}
     dims = {"conv": DN(reduction_axis=(0, 1, 2), output_axis=3)}
     out, _ = mj.scale_by_shape("keller", dimension_numbers=dims).update(u, optax.EmptyState())
@@ -237,7 +237,7 @@ class ScaleByShapeTest(chex.TestCase):
 
 
 # --------------------------------------------------------------------------------------
-# orthogonalize (S3)
+# orthogonalize stage
 # --------------------------------------------------------------------------------------
 
 
@@ -361,7 +361,7 @@ class OrthogonalizeTest(chex.TestCase):
 
 
 # --------------------------------------------------------------------------------------
-# "core equals SGD" (spec §15.2)
+# "core equals SGD" (docs/optimizers.md#test-oracles)
 # --------------------------------------------------------------------------------------
 
 

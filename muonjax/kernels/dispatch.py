@@ -27,7 +27,7 @@ BACKENDS = ("auto", "xla", "pallas")
 #
 # How to fill an entry: on the device, run
 #     python experiments/bench_kernels.py --out experiments/results/bench
-# (Tier 2 of `muonjax bench`, performance spec §8). It times one full NS
+# (Tier 2 of `muonjax bench`, docs/performance.md#benchmark-tiers). It times one full NS
 # iteration Pallas vs XLA, interleaved, on square and (768, 3072)-like shapes
 # and prints `suggested PALLAS_MIN_SHORT_EDGE`: the smallest measured m from
 # which the Pallas/XLA speed-up stays above 1 for every larger shape measured.

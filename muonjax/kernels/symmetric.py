@@ -5,7 +5,7 @@ On a wide matrix X (m <= n) one quintic iteration is::
     A = X X^T;   B = b A + c A A;   X <- a X + B X
 
 A and B are symmetric, so only the tiles on or below the diagonal need
-computing (spec performance.md §1.1: the Gram product halves, the whole
+computing (docs/performance.md#cost-model: the Gram product halves, the whole
 iteration saves 1/4 to 1/3 of its FLOPs). Both symmetric products are one
 kernel, a SYRK ``C = Y Y^T`` over lower output tiles:
 
@@ -13,7 +13,7 @@ kernel, a SYRK ``C = Y Y^T`` over lower output tiles:
 * ``symmetric_poly(A, b, c)`` uses ``A A = A A^T`` (A symmetric), so it is the
   SYRK of A, followed by ``b A + c C``.
 
-Kernel layout (spec §4.5):
+Kernel layout (docs/performance.md#kernel-design):
 
 * The grid is ``(batch, T(T+1)/2)`` for a ``T x T`` grid of ``block x block``
   output tiles: a 1-D triangular index ``t`` maps to the tile ``(i, j)`` with
@@ -30,7 +30,7 @@ Kernel layout (spec §4.5):
   (any float). The kernel writes fp32 lower tiles; one fused XLA pass mirrors
   them (``where(tile_row >= tile_col, C, C^T)``), applies the ``b A + c C``
   epilogue and casts to the output dtype. That pass moves O(m^2) bytes, small
-  beside the O(m^2 n) FLOPs for m of about 1k and more (spec §4.5 item 3).
+  beside the O(m^2 n) FLOPs for m of about 1k and more (docs/performance.md#kernel-design).
 * Odd shapes are zero-padded to block multiples (zero rows and columns do not
   change ``Y Y^T``) and the result is sliced back. Leading axes are batched.
 * The third product ``a X + B X`` is a general GEMM and stays in XLA.

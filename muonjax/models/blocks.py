@@ -1,11 +1,11 @@
-"""Shared transformer building blocks (models spec §1): RoPE attention, MLP, pre-norm block.
+"""Shared transformer building blocks (docs/models.md#building-blocks): RoPE attention, MLP, pre-norm block.
 
 Every linear map is a bias-free ``nnx.Linear`` with an ``(in, out)`` kernel, so the
 default routing (``muonjax.routing``) sends attention and MLP kernels to Muon, and
 norm scales (leaf ``scale``) to AdamW. Stacked by ``nnx.vmap`` they become
 ``(L, in, out)`` and are orthogonalized per matrix.
 
-Dropout takes its key at call time (``key=``; models spec §14 trap 1, fix (b)): a
+Dropout takes its key at call time (``key=``; docs/models.md#dropout-keys-in-shared-loops): a
 block shared across loop iterations gets a fresh key, hence a fresh mask, on every
 iteration. ``key=None`` means no dropout (evaluation).
 """
@@ -149,7 +149,7 @@ def block_param_count(d_model: int, d_ff: int) -> int:
 
 def stacked_blocks(n: int, d_model: int, n_heads: int, d_ff: int, *, activation: str,
                    dropout: float, rngs: nnx.Rngs) -> Block:
-  """``n`` blocks with every parameter stacked on a leading ``layers`` axis (spec §13 A)."""
+  """``n`` blocks with every parameter stacked on a leading ``layers`` axis (docs/models.md#stacked-layers)."""
 
   @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
   def make(rngs: nnx.Rngs) -> Block:

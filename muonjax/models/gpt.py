@@ -1,4 +1,4 @@
-"""GPT baseline (models spec §2): pre-norm decoder, layers stacked by ``nnx.vmap``, run by ``nnx.scan``.
+"""GPT baseline (docs/models.md#gpt): pre-norm decoder, layers stacked by ``nnx.vmap``, run by ``nnx.scan``.
 
 Parameters and where the default routing sends them:
 

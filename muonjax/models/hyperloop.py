@@ -1,9 +1,9 @@
-"""Hyperloop Transformer (models spec §6): a Middle-Cycle looped transformer with loop-level hyper-connections.
+"""Hyperloop Transformer (docs/models.md#hyperloop): a Middle-Cycle looped transformer with loop-level hyper-connections.
 
 Zeitoun, Torroba-Hennigen, Kim, "Hyperloop Transformers", arXiv 2604.21254 (no official
 code). Hyper-connections as simplified from mHC (Xie et al., arXiv 2512.24880).
 
-Architecture (spec §6.1, equations followed exactly)::
+Architecture (docs/models.md#hyperloop, equations followed exactly)::
 
     x      = Begin(E[tokens])                           n_begin unique layers
     Y^(0)  = [x, …, x] ∈ R^{B×T×n×C}                    n = n_streams parallel residual streams
@@ -17,7 +17,7 @@ Architecture (spec §6.1, equations followed exactly)::
     logits = head(RMSNorm(End(X_end)))                  n_end unique layers
 
 F is a stack of ordinary pre-norm blocks (each sub-layer keeps its own residual; Llama
-pre-RMSNorm as the spec assumes). **Per-loop**: {W^τ_l, b^τ_l, α^τ_l, e_l}, τ ∈ {pre,
+pre-RMSNorm as the paper's Llama backbone suggests). **Per-loop**: {W^τ_l, b^τ_l, α^τ_l, e_l}, τ ∈ {pre,
 post, res}, stored stacked with a leading [L] axis; **shared**: everything in F.
 
 Choices where the paper/spec is silent (muonjax):
@@ -35,7 +35,7 @@ Choices where the paper/spec is silent (muonjax):
 
 **Loop.** ``nnx.scan`` (:func:`muonjax.models.mor.scan_shared`) with F broadcast
 (``in_axes=None``, gradient summed over loops), the per-loop parameters scanned
-(``in_axes=0``), carry Y ∈ R^{B×T×n×C}, one dropout key per loop (spec §13 B, §14 trap 1
+(``in_axes=0``), carry Y ∈ R^{B×T×n×C}, one dropout key per loop (docs/models.md#weight-shared-loops, #dropout-keys-in-shared-loops
 fix (b)); ``unroll=True`` is the Python reference. The parameter count does not depend
 on ``n_loops`` except through the per-loop parameters::
 
@@ -45,7 +45,7 @@ on ``n_loops`` except through the per-loop parameters::
 **Routing.** Kernels of begin/middle/end blocks (stacked ``(k, in, out)``) → Muon per
 matrix. W^pre/post/res (stacked ``(L, nC, n)``) carry ``muon=`` metadata: AdamW by
 default (they are small gate generators, and Hyperloop used AdamW throughout),
-``hc_to_muon=True`` sends them to Muon per loop (spec §12.1's flag). Biases, α, the
+``hc_to_muon=True`` sends them to Muon per loop (docs/models.md#routing-of-model-parameters). Biases, α, the
 loop embeddings e_l, the token embedding, head and norm scales → AdamW.
 """
 

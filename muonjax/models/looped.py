@@ -1,4 +1,4 @@
-"""Looped transformer (models spec §4.1, §4.3): one shared k-layer core applied ``n_loops`` times.
+"""Looped transformer (docs/models.md#looped-transformer): one shared k-layer core applied ``n_loops`` times.
 
     h₀ = e if inject is None else 0                       (e = token embedding)
     h_{i+1} = Core(h_i)              inject=None           (Base-Loop)
@@ -6,10 +6,10 @@
     h_{i+1} = Core(A [h_i; e])       inject="concat"       (Huginn-style adapter A: 2d → d)
     logits = head(RMSNorm(h_L))
 
-The core is broadcast into an ``nnx.scan`` over loops (spec §13 B): its gradient is
+The core is broadcast into an ``nnx.scan`` over loops (docs/models.md#weight-shared-loops): its gradient is
 the sum over loops, and the parameter count does not depend on ``n_loops``. The
 core's k layers are themselves stacked (kernels (k, in, out), Muon per matrix).
-Each loop gets its own dropout key, scanned with ``in_axes=0`` (spec §14 trap 1,
+Each loop gets its own dropout key, scanned with ``in_axes=0`` (docs/models.md#dropout-keys-in-shared-loops,
 fix (b)), so dropout masks differ between iterations.
 """
 

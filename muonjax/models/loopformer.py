@@ -1,8 +1,8 @@
-"""LoopFormer (models spec §3): an elastic-depth looped transformer conditioned on its trajectory.
+"""LoopFormer (docs/models.md#loopformer): an elastic-depth looped transformer conditioned on its trajectory.
 
 Jeddi, Ciccone, Taati, "LoopFormer", arXiv 2602.11451 (ICLR 2026); official code
 https://github.com/armenjeddi/loopformer (``models/loopformer.py``, ``train.py``,
-``utils.py``). Equations followed (spec §3.1, §3.2)::
+``utils.py``). Equations followed (docs/models.md#loopformer, #trajectories-and-loss)::
 
     x = Dropout(wte[tokens] + wpe[positions])
     t_0 = 0
@@ -28,7 +28,7 @@ epsilon).
 (one set of weights, gradient summed over iterations and over both training
 trajectories); only the conditioning inputs (t_{i−1}, Δ_i) and the dropout keys
 are per-loop. The loop is an ``nnx.scan`` with the core broadcast
-(``in_axes=None``) and (t, Δ, active, key) scanned (spec §13 B, §14 trap 1 fix
+(``in_axes=None``) and (t, Δ, active, key) scanned (docs/models.md#weight-shared-loops, #dropout-keys-in-shared-loops
 (b)); ``unroll=True`` runs the same steps in Python. The parameter count does
 not depend on the number of loops.
 
@@ -38,9 +38,9 @@ budget. A concrete trajectory (list, NumPy) is validated (Δ ≥ 0, Σ Δ = 1) a
 baked into the trace; one passed as an argument of a jitted function is traced,
 compiles once per *length*, and is not validated. A step Δ = 0 is padding: the
 stack is skipped there (``nnx.cond`` on traced steps; dropped from concrete
-ones), so trajectories padded to a fixed length compile once (spec §3.5, §13 C(ii)).
+ones), so trajectories padded to a fixed length compile once (docs/models.md#variable-loop-counts).
 
-**Training objective** (:meth:`LoopFormer.training_loss`, spec §3.2)::
+**Training objective** (:meth:`LoopFormer.training_loss`, docs/models.md#trajectories-and-loss)::
 
     loss = CE(full) + short_weight·CE(short) + consistency_weight·MSE(stop_grad(x_full), x_short)
 
@@ -63,7 +63,7 @@ MLPs, i.e. everything that produces the gates and scales) carries ``muon=``
 metadata: AdamW by default, because its inputs are a handful of (t, Δ) values
 per step (its gradient has rank ≤ number of loops) and it acts as a
 gate/scale table rather than a hidden map; ``conditioning_to_muon=True`` sends
-those kernels to Muon as spec §12.1 lists them.
+those kernels to Muon as docs/models.md#routing-of-model-parameters lists them as an option.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class LoopFormerConfig:
                        f"got {self.conditioning_to_muon!r}")
 
 
-# Model 3⊗8 of the paper (spec §3.3): d = 2048, 32 heads, d_ff 5120, GPT-2 vocab padded to 50304.
+# Model 3⊗8 of the paper (docs/models.md#published-configuration): d = 2048, 32 heads, d_ff 5120, GPT-2 vocab padded to 50304.
 LOOPFORMER_3X8 = LoopFormerConfig(vocab_size=50304, d_model=2048, n_layers=3, n_heads=32,
                                   d_ff=5120, max_seq_len=1024, n_loops=8)
 
@@ -281,7 +281,7 @@ def run_trajectory(core: nnx.Module, x: jax.Array, t: jax.Array, dt: jax.Array, 
     x: initial state (the scan carry).
     t, dt: (S,) time before each step and step size (scanned, ``in_axes=0``).
     active: optional (S,) bool; where False the step is skipped (``nnx.cond``), x unchanged.
-    keys: optional (S,) dropout keys, one per iteration (spec §14 trap 1, fix (b)).
+    keys: optional (S,) dropout keys, one per iteration (docs/models.md#dropout-keys-in-shared-loops).
     unroll: a Python loop instead of ``nnx.scan`` (reference; same result).
     all_states: also return the state after every iteration, stacked (S, ...).
   """
@@ -435,7 +435,7 @@ class LoopFormer(nnx.Module):
 
   def training_loss(self, inputs: jax.Array, targets: jax.Array, *,
                     key: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
-    """CE_full + w_s·CE_short + w_c·MSE(stop_grad(x_full), x_short) (spec §3.2).
+    """CE_full + w_s·CE_short + w_c·MSE(stop_grad(x_full), x_short) (docs/models.md#trajectories-and-loss).
 
     With ``key``: ``k_traj, k_full, k_short = jax.random.split(key, 3)``; the short
     trajectory is ``sample_short_trajectory(k_traj, L)`` (padded to L−1 steps, one

@@ -1,20 +1,20 @@
-"""Small MoE transformer with MHSA or multi-head latent attention (models spec §10).
+"""Small MoE transformer with MHSA or multi-head latent attention (docs/models.md#moe-with-latent-attention).
 
 Anchor: Open-Superintelligence-Lab/blueberry-llm (commit ``f59dd0c``),
 https://github.com/Open-Superintelligence-Lab/blueberry-llm — ``models/layers.py``
 (``MultiHeadLatentAttention``, ``MoETransformerBlock``), ``models/components.py``
 (``Expert``, ``TopKRouter``, ``MixtureOfExperts``), ``models/moe_llm.py``. Study:
 Mehta et al., *Muon: Training and Trade-offs with Latent Attention and MoE*,
-arXiv 2509.24406. MLA reference: DeepSeek-V2, arXiv 2405.04434, §2.1.
+arXiv 2509.24406. MLA reference: DeepSeek-V2, arXiv 2405.04434, section 2.1.
 
-Model (spec §10.1)::
+Model (docs/models.md#moe-with-latent-attention)::
 
     x = Dropout(√d · E[tokens])
     x ← x + Dropout(Attn(RMSNorm(x)))                 Attn = MHSA or MLA
     x ← x + Dropout(MoE(RMSNorm(x)))                  per layer, layers scanned
     logits = Dropout(RMSNorm(x)) · Eᵀ                 tied head (untied: lm_head)
 
-MoE layer, for every token x (spec §10.1, equations followed exactly)::
+MoE layer, for every token x (docs/models.md#moe-with-latent-attention, equations followed exactly)::
 
     logits = x W_r (+ N(0, σ²) noise when training)   W_r: (d, E), no bias
     P      = softmax(logits)                          full distribution (balance loss)
@@ -34,7 +34,7 @@ dropped tokens, so the output is exactly the routing equation above (an expert
 that is not chosen gets exactly zero gradient from that token). It costs E/k times
 the expert FLOPs of sparse dispatch, affordable at E = 8, d = 384.
 
-MLA (blueberry form, spec §10.1; full-rank query, one RoPE key shared by heads)::
+MLA (blueberry form, docs/models.md#moe-with-latent-attention; full-rank query, one RoPE key shared by heads)::
 
     q = W_q x → per head [q_nope (d_nope); q_rope (d_rope)],  q_rope ← RoPE(q_rope)
     [c; k_rope] = W_DKV x,  c ∈ R^{d_c},  k_rope ← RoPE(k_rope) ∈ R^{d_rope}, shared by heads
@@ -136,7 +136,7 @@ class MoEConfig:
 
 
 def moe_study_config(attention: str = "mhsa", **fields) -> MoEConfig:
-  """The blueberry-llm / arXiv 2509.24406 study model (spec §10.1).
+  """The blueberry-llm / arXiv 2509.24406 study model (docs/models.md#moe-with-latent-attention).
 
   d 384, 6 layers, 8 heads, expert d_ff 1536, 8 experts top-2, sequence 512,
   dropout 0.1, SmolLM-135M vocabulary (49,152), tied embeddings; MLA with
@@ -217,7 +217,7 @@ def _expert_forward(expert: Expert, x: jax.Array, key: Optional[jax.Array]) -> j
 
 def load_balance_loss(probs: jax.Array, indices: jax.Array, n_experts: int,
                       weight: float = 1.0) -> jax.Array:
-  """λ · E · Σ_e f_e · P̄_e (spec §10.1; Switch Transformer, arXiv 2101.03961, eq. 4).
+  """λ · E · Σ_e f_e · P̄_e (docs/models.md#moe-with-latent-attention; Switch Transformer, arXiv 2101.03961, eq. 4).
 
   Args:
     probs: router softmax over all experts, shape (..., E).

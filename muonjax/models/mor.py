@@ -1,17 +1,17 @@
-"""Mixture-of-Recursions (models spec §7): a Middle-Cycle recursive transformer with per-token depth.
+"""Mixture-of-Recursions (docs/models.md#mixture-of-recursions): a Middle-Cycle recursive transformer with per-token depth.
 
 Bae, Kim, Bayat, …, Courville, Yun, "Mixture-of-Recursions: Learning Dynamic Recursive
 Depths for Adaptive Token-Level Computation", arXiv 2507.10524 (NeurIPS 2025); official code
 https://github.com/raymin0223/mixture_of_recursions (``model/mor_model/expert_choice_router.py``,
 ``token_choice_router.py``, ``util.py``; published configs ``conf/pretrain/*smollm-360m*``).
 
-**Middle-Cycle sharing** (paper §2.1, Fig. 4b; spec §7.1). The first layer Φ_0 and the
+**Middle-Cycle sharing** (paper section 2.1, Fig. 4b; docs/models.md#mixture-of-recursions). The first layer Φ_0 and the
 last layer Φ_{L−1} are unique; one shared block of ``n_layers`` (= (L−2)/N_r) layers
 Φ′ is cycled ``n_recursions`` = N_r times, for an effective depth 2 + n_layers·N_r::
 
     h = Φ_0(E[tokens]);  h ← Recursion_r(h), r = 1..N_r;  logits = head(RMSNorm(Φ_{L−1}(h)))
 
-**Recursion step with routing** (paper §2.2.1, Eq. for expert- and token-choice)::
+**Recursion step with routing** (paper section 2.2.1, Eq. for expert- and token-choice)::
 
     Δ_r   = Φ′(H^r; attention keys restricted to m_r) − H^r     (increment of the shared stack)
     H^{r+1} = H^r + m_r ⊙ g_r ⊙ Δ_r                              (m_r ∈ {0, 1} per token)
@@ -47,22 +47,22 @@ Recursive KV sharing is not implemented.
 mode whether token t is processed depends on the router scores of later tokens.
 Evaluation (``train=False``, the default when no ``key`` is given) replaces the top-k
 by the per-token decision of the BCE-trained router, m_r = m_{r−1} ∧ [σ(s_r) > 0.5]
-(i.e. s_r > 0; spec §7.5, the paper's auxiliary-loss remedy), which depends only on
+(i.e. s_r > 0; docs/models.md#static-shape-routing, the paper's auxiliary-loss remedy), which depends only on
 the token's own state, so eval is causal and autoregressive decoding is possible;
 capacities then hold only approximately (as well as the router learned them).
 Token-choice decides per token from H^1 and is causal in both modes.
 
-**Deviation from the official code** (documented choice, spec §7.5). The code adds
+**Deviation from the official code** (documented choice, docs/models.md#static-shape-routing). The code adds
 g·Block(H) where Block includes its skip connection, i.e. H + g·(H + Δ), and
 token-choice exits with H^1 + g·Block(H^i). muonjax uses H + m·g·Δ throughout
-(spec §7.5's masked update): the gate scales only what the recursion adds, and
+(docs/models.md#static-shape-routing): the gate scales only what the recursion adds, and
 with ``gating="unweighted"`` (g = 1, the code's non-"weighted" gating) and capacity
 1 at every depth MoR equals the plain Middle-Cycle model exactly.
 
 **Loop.** The recursions are an ``nnx.scan`` (:func:`scan_shared`) with Φ′ broadcast
 (``in_axes=None``; its gradient is the sum over recursions), the stacked per-step
 routers (N_r, …) and capacities scanned (``in_axes=0``), and one dropout key per
-recursion (spec §14 trap 1, fix (b)). ``unroll=True`` runs the same steps in Python.
+recursion (docs/models.md#dropout-keys-in-shared-loops). ``unroll=True`` runs the same steps in Python.
 
 **Parameters and routing.** Attention/MLP kernels of Φ_0, Φ_{L−1} (2-D) and Φ′
 (stacked ``(n_layers, in, out)``) → Muon per matrix; ``router/...`` (per-step
@@ -218,7 +218,7 @@ def scan_shared(step: Callable, shared: nnx.Module, per_loop: Any, carry: Any, *
   """Runs ``carry, out_i = step(shared, per_loop[i], carry, key_i)`` for ``i < length``.
 
   Args:
-    step: a plain function (not a bound method, spec §14 trap 5).
+    step: a plain function (not a bound method, docs/models.md#bound-methods).
     shared: the weight-shared module, broadcast to every iteration (``in_axes=None``).
     per_loop: a tuple of per-iteration things with a leading axis ``length``: stacked
       modules (routers, hyper-connection parameters) and arrays (capacities, indices).

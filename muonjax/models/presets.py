@@ -23,15 +23,15 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
                              max_seq_len=1024, tie_embeddings=True),
                  "GPT-2 small shape (RoPE + RMSNorm, no biases: 123.6M vs GPT-2's 124.4M)"),
     "loopformer-3x8": ("loopformer", dataclasses.asdict(LOOPFORMER_3X8),
-                       "LoopFormer 3⊗8, arXiv 2602.11451 (models spec §3.3)"),
+                       "LoopFormer 3⊗8, arXiv 2602.11451 (docs/models.md#published-configuration)"),
     "ngpt-0.5b": ("ngpt", dict(vocab_size=50304, d_model=1024, n_layers=24, n_heads=16,
                                d_ff=4096, max_seq_len=1024),
-                  "nGPT launcher model, arXiv 2410.01131 (models spec §9.4)"),
+                  "nGPT launcher model, arXiv 2410.01131 (docs/models.md#ngpt)"),
     "gated-ngpt-155m": ("ngpt", dict(vocab_size=50257, d_model=768, n_layers=11, n_heads=6,
                                      d_ff=2048, max_seq_len=1024, gated=True),
                         "gated nGPT of the Muon-on-nGPT seed (155M)"),
     "moe-study-mhsa": ("moe", dataclasses.asdict(moe_study_config("mhsa")),
-                       "384d/6 layers/8 heads/1536 FF/8 experts top-2, MHSA (models spec §10)"),
+                       "384d/6 layers/8 heads/1536 FF/8 experts top-2, MHSA (docs/models.md#moe-with-latent-attention)"),
     "mor-expert-nr2": ("mor", dataclasses.asdict(mor_paper_config(2)),
                        "MoR expert-choice, N_r = 2, arXiv 2507.10524 Table 3 (167M non-embedding)"),
     "mor-expert-nr3": ("mor", dataclasses.asdict(mor_paper_config(3)),
@@ -45,7 +45,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
     "hyperloop-991m": ("hyperloop", dataclasses.asdict(hyperloop_paper_config("991M")),
                        "Hyperloop, arXiv 2604.21254 Table 1 (990.8M without unembedding)"),
     "moe-study-mhla": ("moe", dataclasses.asdict(moe_study_config("mhla")),
-                       "the same with latent attention, 64 latents (models spec §10)"),
+                       "the same with latent attention, 64 latents (docs/models.md#moe-with-latent-attention)"),
 }
 
 
