@@ -22,22 +22,21 @@ def fp32_matmuls():
     yield
 
 
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_compilation_cache(tmp_path_factory):
+  """JAX's persistent compilation cache in this run's temporary folder, shared by the
+  xdist workers: a program compiled by one test (or worker) is loaded, not recompiled,
+  by the next test that builds the same program. A fresh folder every run, so nothing
+  carries over between runs. Files that install their own cache
+  (``helpers.persistent_compilation_cache``) get this one back afterwards.
+  """
   import os
-  if not os.environ.get("MJ_CACHE"):
-    yield
-    return
+
   import helpers
   root = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):
-    root = root.parent
+    root = root.parent  # .../pytest-N/popen-gwK -> .../pytest-N, common to the workers
   path = root / "xla_cache"
   path.mkdir(exist_ok=True)
-  from jax.experimental.compilation_cache import compilation_cache
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  compilation_cache.reset_cache()
-  for name, value in zip(names, (str(path), float(os.environ["MJ_CACHE"]), 0)):
-    jax.config.update(name, value)
-  yield
+  yield from helpers.persistent_compilation_cache(str(path))
