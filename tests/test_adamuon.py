@@ -205,10 +205,6 @@ def test_inject_hyperparams_through_wrapper():
   _check_injected_lr(helpers.through_wrapper(mj.adamuon))
 
 
-def test_nnx_optimizer():
-  helpers.check_nnx_optimizer(mj.adamuon())
-
-
 @pytest.mark.parametrize("kwargs, name", [
     (dict(beta=1.0), "beta"),
     (dict(beta=-0.5), "beta"),

@@ -188,10 +188,6 @@ def test_inject_hyperparams_through_wrapper():
   _check_injected_lr(helpers.through_wrapper(mj.normuon, form="code"))
 
 
-def test_nnx_optimizer(form="code"):
-  helpers.check_nnx_optimizer(mj.normuon(form=form))
-
-
 @pytest.mark.parametrize("kwargs, name", [
     (dict(beta2=1.0), "beta2"),
     (dict(beta2=-0.1), "beta2"),

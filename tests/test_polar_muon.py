@@ -147,10 +147,6 @@ def test_inject_hyperparams_through_wrapper():
   _check_injected_lr(helpers.through_wrapper(mj.polar_muon))
 
 
-def test_nnx_optimizer():
-  helpers.check_nnx_optimizer(mj.polar_muon())
-
-
 @pytest.mark.parametrize("kwargs, name", [
     (dict(variant="x"), "variant"),
     (dict(steps=0), "steps"),
