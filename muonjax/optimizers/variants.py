@@ -7,7 +7,7 @@ its matrix chain and the AdamW branch (:class:`MuonSettings`).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import jax.numpy as jnp
 import optax
@@ -19,7 +19,7 @@ from muonjax.transforms.momentum import MomentumForm
 from muonjax.transforms.normalize import adamuon_normalize, normuon_normalize, scale_to_rms, sign
 from muonjax.transforms.orthogonalize import Orthogonalizer
 from muonjax.transforms.precondition import RefreshRule, precondition_input
-from muonjax.transforms.scale import ShapeRule, scale_by_shape
+from muonjax.transforms.scale import ShapeRule
 from muonjax.transforms.validation import (
     check_choice,
     check_positive,
@@ -63,6 +63,11 @@ def polar_muon(
     before_orthogonalize: Sequence[Stage] = (),
     after_orthogonalize: Sequence[Stage] = (),
     compat: Optional[str] = None,
+    adaptive: bool = False,
+    consistent_rms: Optional[float] = None,
+    shape_overrides: Optional[Mapping[str, float]] = None,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Muon with Polar Express coefficients instead of Keller's quintic.
 
@@ -93,7 +98,9 @@ def polar_muon(
       adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, adam_nesterov=adam_nesterov,
       dimension_numbers=dimension_numbers, group_by_shape=group_by_shape,
       before_momentum=before_momentum, before_orthogonalize=before_orthogonalize,
-      after_orthogonalize=after_orthogonalize, compat=compat)
+      after_orthogonalize=after_orthogonalize, compat=compat,
+      adaptive=adaptive, consistent_rms=consistent_rms, shape_overrides=shape_overrides,
+      adam_eps_root=adam_eps_root, adam_weight_decay_mask=adam_weight_decay_mask)
 
   def matrix_chain(dims):
     return optax.chain(
@@ -102,7 +109,7 @@ def polar_muon(
         *build_stages(s.before_orthogonalize, dims),
         *s.orthogonalize(dims),
         *build_stages(s.after_orthogonalize, dims),
-        scale_by_shape(s.shape_rule, dimension_numbers=dims, rms=s.rms),
+        s.scale(dims),
         *s.decay_and_learning_rate(),
     )
 
@@ -143,6 +150,11 @@ def normuon(
     before_orthogonalize: Sequence[Stage] = (),
     after_orthogonalize: Sequence[Stage] = (),
     compat: Optional[str] = None,
+    adaptive: bool = False,
+    consistent_rms: Optional[float] = None,
+    shape_overrides: Optional[Mapping[str, float]] = None,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon: Muon with a per-neuron second moment on the orthogonalized update.
 
@@ -155,13 +167,20 @@ def normuon(
   * ``"paper"``: no Nesterov, ``O / (√S + 1e-8)`` then ``0.2·√(n_in n_out)/‖Ô‖_F``
     (update RMS 0.2) instead of the norm restore and shape scale.
   * ``"modded"`` (modded-nanogpt): statistic along the longer side, β₂ = 0.9,
-    ``rsqrt(max(S, 1e-10))`` and a clamped norm restore.
+    ``rsqrt(max(S, 1e-10))`` and a clamped norm restore, and modded-nanogpt's
+    orthogonalization: the Polar Express 5-row table
+    (``coeffs="polar_express_modded"``, ``X/(‖X‖_F·1.02 + 1e-6)``) unless
+    ``coeffs`` is given. modded's cautious decay tied to the learning rate is
+    ``weight_decay_mode="cautious_lr"`` (opt-in; the decay λ defaults to 0).
 
   Args:
     learning_rate: base learning rate η.
     beta2: EMA coefficient of the neuron statistic (0.95; 0.9 for ``"modded"``).
     form: ``"code"``, ``"paper"`` or ``"modded"``.
     nesterov: default True; False for ``"paper"``.
+    coeffs: default Keller's (``"code"``, ``"paper"``) or
+      ``"polar_express_modded"`` (``"modded"``, modded-nanogpt ``train_gpt.py``
+      ``polar_express_coeffs``).
     shape_rule: default ``"keller"``; ``"none"`` for ``"paper"``.
     other arguments: as :func:`muonjax.muon`.
 
@@ -181,6 +200,8 @@ def normuon(
     nesterov = not paper
   if shape_rule is None:
     shape_rule = "none" if paper else "keller"
+  if coeffs is None and modded and method == "newton_schulz":
+    coeffs = "polar_express_modded"
   s = muon_settings(
       learning_rate, beta=beta, nesterov=nesterov, momentum_form=momentum_form,
       bias_correction=bias_correction, mu_dtype=mu_dtype, method=method, coeffs=coeffs,
@@ -191,7 +212,9 @@ def normuon(
       adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, adam_nesterov=adam_nesterov,
       dimension_numbers=dimension_numbers, group_by_shape=group_by_shape,
       before_momentum=before_momentum, before_orthogonalize=before_orthogonalize,
-      after_orthogonalize=after_orthogonalize, compat=compat)
+      after_orthogonalize=after_orthogonalize, compat=compat,
+      adaptive=adaptive, consistent_rms=consistent_rms, shape_overrides=shape_overrides,
+      adam_eps_root=adam_eps_root, adam_weight_decay_mask=adam_weight_decay_mask)
 
   def neuron_normalize(dims):
     if paper:  # O / (sqrt(S) + 1e-8), then update RMS 0.2
@@ -208,7 +231,7 @@ def normuon(
         *s.orthogonalize(dims),
         *neuron_normalize(dims),
         *build_stages(s.after_orthogonalize, dims),
-        scale_by_shape(s.shape_rule, dimension_numbers=dims, rms=s.rms),
+        s.scale(dims),
         *s.decay_and_learning_rate(),
     )
 
@@ -249,6 +272,11 @@ def adamuon(
     before_orthogonalize: Sequence[Stage] = (),
     after_orthogonalize: Sequence[Stage] = (),
     compat: Optional[str] = None,
+    adaptive: bool = False,
+    consistent_rms: Optional[float] = None,
+    shape_overrides: Optional[Mapping[str, float]] = None,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaMuon: Newton–Schulz of ``sign(U)``, an elementwise second moment, RMS 0.2.
 
@@ -289,7 +317,9 @@ def adamuon(
       adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, adam_nesterov=adam_nesterov,
       dimension_numbers=dimension_numbers, group_by_shape=group_by_shape,
       before_momentum=before_momentum, before_orthogonalize=before_orthogonalize,
-      after_orthogonalize=after_orthogonalize, compat=compat)
+      after_orthogonalize=after_orthogonalize, compat=compat,
+      adaptive=adaptive, consistent_rms=consistent_rms, shape_overrides=shape_overrides,
+      adam_eps_root=adam_eps_root, adam_weight_decay_mask=adam_weight_decay_mask)
 
   def matrix_chain(dims):
     return optax.chain(
@@ -301,7 +331,7 @@ def adamuon(
         adamuon_normalize(beta, eps=eps, nu_dtype=nu_dtype, dimension_numbers=dims),
         scale_to_rms(0.2, eps=eps, dimension_numbers=dims),
         *build_stages(s.after_orthogonalize, dims),
-        scale_by_shape(s.shape_rule, dimension_numbers=dims, rms=s.rms),
+        s.scale(dims),
         *s.decay_and_learning_rate(),
     )
 
@@ -347,6 +377,11 @@ def newton_muon(
     before_orthogonalize: Sequence[Stage] = (),
     after_orthogonalize: Sequence[Stage] = (),
     compat: Optional[str] = None,
+    adaptive: bool = False,
+    consistent_rms: Optional[float] = None,
+    shape_overrides: Optional[Mapping[str, float]] = None,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Newton-Muon: Muon on the input-preconditioned gradient ``(K + γI)^{-1} G``.
 
@@ -390,7 +425,9 @@ def newton_muon(
       adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, adam_nesterov=adam_nesterov,
       dimension_numbers=dimension_numbers, group_by_shape=group_by_shape,
       before_momentum=before_momentum, before_orthogonalize=before_orthogonalize,
-      after_orthogonalize=after_orthogonalize, compat=compat)
+      after_orthogonalize=after_orthogonalize, compat=compat,
+      adaptive=adaptive, consistent_rms=consistent_rms, shape_overrides=shape_overrides,
+      adam_eps_root=adam_eps_root, adam_weight_decay_mask=adam_weight_decay_mask)
 
   def matrix_chain(dims):
     return optax.chain(
@@ -402,7 +439,7 @@ def newton_muon(
         *build_stages(s.before_orthogonalize, dims),
         *s.orthogonalize(dims),
         *build_stages(s.after_orthogonalize, dims),
-        scale_by_shape(s.shape_rule, dimension_numbers=dims, rms=s.rms),
+        s.scale(dims),
         *s.decay_and_learning_rate(),
     )
 
@@ -443,6 +480,11 @@ def mano(
     before_orthogonalize: Sequence[Stage] = (),
     after_orthogonalize: Sequence[Stage] = (),
     compat: Optional[str] = None,
+    adaptive: bool = False,
+    consistent_rms: Optional[float] = None,
+    shape_overrides: Optional[Mapping[str, float]] = None,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Mano: heavy-ball momentum, tangent projection and per-slice normalization, no Newton–Schulz.
 
@@ -497,7 +539,9 @@ def mano(
       adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, adam_nesterov=adam_nesterov,
       dimension_numbers=dimension_numbers, group_by_shape=group_by_shape,
       before_momentum=before_momentum, before_orthogonalize=before_orthogonalize,
-      after_orthogonalize=after_orthogonalize, compat=compat)
+      after_orthogonalize=after_orthogonalize, compat=compat,
+      adaptive=adaptive, consistent_rms=consistent_rms, shape_overrides=shape_overrides,
+      adam_eps_root=adam_eps_root, adam_weight_decay_mask=adam_weight_decay_mask)
 
   def matrix_chain(dims):
     return optax.chain(
@@ -507,7 +551,7 @@ def mano(
         *s.orthogonalize(dims),
         mano_normalize(version, eps=eps, both_axes=both_axes, dimension_numbers=dims),
         *build_stages(s.after_orthogonalize, dims),
-        scale_by_shape(s.shape_rule, dimension_numbers=dims, rms=s.rms),
+        s.scale(dims),
         *s.decay_and_learning_rate(),
     )
 
