@@ -105,11 +105,11 @@ SPECS: dict[str, OptimizerSpec] = {
                                 shared_adam=MUON_SHARED_ADAM),
     "normuon": OptimizerSpec(normuon, ("beta2", "form") + MUON_ARGUMENTS,
                              shared_adam=MUON_SHARED_ADAM),
-    "adamuon": OptimizerSpec(adamuon, ("form", "nu_dtype") + MUON_ARGUMENTS,
+    "adamuon": OptimizerSpec(adamuon, ("form", "nu_dtype", "recipe") + MUON_ARGUMENTS,
                              shared_adam=MUON_SHARED_ADAM),
     "newton_muon": OptimizerSpec(
         newton_muon, ("beta2", "refresh_every", "ridge", "k0", "ridge_eps", "refresh_rule",
-                      "block_diagonal") + MUON_ARGUMENTS,
+                      "block_diagonal", "recipe") + MUON_ARGUMENTS,
         activation_stats_schedule=_newton_muon_stats, shared_adam=MUON_SHARED_ADAM),
     "adamw": OptimizerSpec(adamw, ("learning_rate", "b1", "b2", "eps", "weight_decay",
                                    "nesterov", "adam_learning_rate", "adam_weight_decay",

@@ -7,8 +7,11 @@ its matrix chain and the AdamW branch (:class:`MuonSettings`).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Union
+import functools
+import inspect
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -30,6 +33,58 @@ from muonjax.transforms.weight_decay import DecayMode
 
 NEWTON_MUON_REFRESH_EVERY = 16
 NEWTON_MUON_REFRESH_RULE = "end"
+
+
+
+def matrices_only(tree: Any) -> Any:
+  """Weight-decay mask: ``True`` on rank >= 2 leaves (embeddings, heads), ``False`` on the rest."""
+  return jax.tree.map(lambda x: jnp.ndim(x) >= 2, tree)
+
+
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    # AdaMuon GPT-2 scripts (https://github.com/Chongjie-Si/AdaMuon: gpt2/config/small.py
+    # and medium.py set learning_rate 6e-4, weight_decay 0.1, betas (0.9, 0.95);
+    # gpt2/models/model.py configure_optimizers gives AdaMuon and the AdamW of wte/lm_head
+    # that same lr and decay, AdamW with torch's default eps 1e-8, and decay 0 on 1-D leaves).
+    "adamuon": {
+        "gpt2": dict(learning_rate=6e-4, weight_decay=0.1, adam_learning_rate=None,
+                     adam_b1=0.9, adam_b2=0.95, adam_eps=1e-8, adam_weight_decay=0.1,
+                     adam_weight_decay_mask=matrices_only),
+    },
+    # Newton-Muon `_2` script (https://github.com/zhehangdu/Newton-Muon,
+    # train_gpt_newton_muon_2.py): Muon lr 0.05, wd 0; DistAdam(lr 0.008, betas (0.8, 0.95),
+    # eps 1e-10, wd 0) on embeddings, head and scalars; the MLP up-projection c_fc is
+    # stored (in, out) = (d, 4d), so its max(1, rows/cols)**0.5 is 1 (muonjax's Flax rule
+    # gives 2 for a (d, 4d) kernel): override it to 1. Not expressed: the script's
+    # momentum warmup 0.85 -> 0.95 over 300 steps (beta is a constant here).
+    "newton_muon": {
+        "gpt2": dict(learning_rate=0.05, weight_decay=0.0, adam_learning_rate=0.008,
+                     adam_b1=0.8, adam_b2=0.95, adam_eps=1e-10, adam_weight_decay=0.0,
+                     shape_overrides={"(^|/)mlp/up(/|$)": 1.0}),
+    },
+}
+"""Official recipes: alias name → recipe name → the keyword values it sets."""
+
+
+def with_recipes(alias: Callable[..., Any]) -> Callable[..., Any]:
+  """Add ``recipe=`` to ``alias``: the recipe's keywords, overridden by explicit ones."""
+  recipes = RECIPES[alias.__name__]
+
+  @functools.wraps(alias)
+  def wrapper(*args, recipe: Optional[str] = None, **kwargs):
+    if recipe is not None:
+      check_choice("recipe", recipe, tuple(recipes))
+      values = dict(recipes[recipe])
+      if args:  # learning_rate given positionally
+        values.pop("learning_rate", None)
+      kwargs = {**values, **kwargs}
+    return alias(*args, **kwargs)
+
+  sig = inspect.signature(alias)
+  wrapper.__signature__ = sig.replace(parameters=list(sig.parameters.values()) + [
+      inspect.Parameter("recipe", inspect.Parameter.KEYWORD_ONLY, default=None,
+                        annotation="Optional[str]")])
+  return wrapper
 
 
 def polar_muon(
@@ -238,6 +293,7 @@ def normuon(
   return s.partition(matrix_chain)
 
 
+@with_recipes
 def adamuon(
     learning_rate: optax.ScalarOrSchedule = 0.02,
     *,
@@ -294,6 +350,13 @@ def adamuon(
     momentum_form: default ``"ema"``; ``"sgd"`` for ``"megatron"``.
     shape_rule: default ``"none"`` (the RMS rescale sets the scale).
     nu_dtype: second-moment dtype (float32; bfloat16 for reference parity).
+    recipe: ``None`` (the defaults above) or ``"gpt2"``: the official GPT-2
+      script (https://github.com/Chongjie-Si/AdaMuon, ``gpt2/config/small.py``,
+      ``gpt2/models/model.py``): ``learning_rate=6e-4, weight_decay=0.1`` and
+      AdamW on embeddings/head at the same rate with ``adam_b1=0.9,
+      adam_b2=0.95, adam_eps=1e-8, adam_weight_decay=0.1`` masked to rank-2
+      leaves (``adam_weight_decay_mask=matrices_only``: no decay on norms and
+      biases). Explicit keywords override the recipe's (:data:`RECIPES`).
     other arguments: as :func:`muonjax.muon`.
 
   Returns:
@@ -338,6 +401,7 @@ def adamuon(
   return s.partition(matrix_chain)
 
 
+@with_recipes
 def newton_muon(
     learning_rate: optax.ScalarOrSchedule = 0.05,
     *,
@@ -406,6 +470,15 @@ def newton_muon(
     refresh_rule: ``"end"`` (refresh on steps ``k−1, 2k−1, …``) or ``"start"``.
     block_diagonal: block-diagonal ``K`` per leaf (see
       :func:`muonjax.precondition_input`).
+    recipe: ``None`` (the defaults above) or ``"gpt2"``: the ``_2`` script
+      (https://github.com/zhehangdu/Newton-Muon, ``train_gpt_newton_muon_2.py``):
+      ``learning_rate=0.05, weight_decay=0``, Adam on embeddings/head/scalars
+      with ``adam_learning_rate=0.008, adam_b1=0.8, adam_b2=0.95,
+      adam_eps=1e-10, adam_weight_decay=0``, and
+      ``shape_overrides={"(^|/)mlp/up(/|$)": 1.0}`` (the script stores the MLP
+      up-projection ``(d, 4d)``, shape scale 1; the Flax rule would give 2).
+      Its momentum warmup (0.85 → 0.95 over 300 steps) is not part of the
+      recipe. Explicit keywords override the recipe's (:data:`RECIPES`).
     other arguments: as :func:`muonjax.muon`.
 
   Returns:
