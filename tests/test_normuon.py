@@ -51,7 +51,10 @@ class NorMuonReference:
     beta = self.beta
     self.m = beta * self.m + (1 - beta) * g
     u = self.m if self.form == "paper" else beta * self.m + (1 - beta) * g
-    o = references.newton_schulz(u)
+    if self.form == "modded":  # modded-nanogpt's Polar Express table (spec §2.3)
+      o = references.newton_schulz(u, table=references.PE_MODDED, safety=1.02, eps=1e-6)
+    else:
+      o = references.newton_schulz(u)
     v = np.mean(o * o, axis=self.axis, keepdims=True)
     self.s = self.beta2 * self.s + (1 - self.beta2) * v
     if self.form == "code":

@@ -16,7 +16,7 @@ import optax
 
 from muonjax import routing
 from muonjax.optimizers.adamw import adamw
-from muonjax.optimizers.base import MUON_ARGUMENTS
+from muonjax.optimizers.base import MUON_ARGUMENTS, OPTAX_ARGUMENTS
 from muonjax.optimizers.muon import muon
 from muonjax.optimizers.muon_adam import momo, muon_adam, muon_max
 from muonjax.optimizers.scion import scion
@@ -100,16 +100,16 @@ _MUON_ADAM = ("learning_rate", "muon_lr_scale", "weight_decay", "weight_decay_mo
               "dimension_numbers")
 
 SPECS: dict[str, OptimizerSpec] = {
-    "muon": OptimizerSpec(muon, MUON_ARGUMENTS, shared_adam=MUON_SHARED_ADAM),
+    "muon": OptimizerSpec(muon, MUON_ARGUMENTS + OPTAX_ARGUMENTS, shared_adam=MUON_SHARED_ADAM),
     "polar_muon": OptimizerSpec(polar_muon, ("variant",) + _NO_METHOD,
                                 shared_adam=MUON_SHARED_ADAM),
     "normuon": OptimizerSpec(normuon, ("beta2", "form") + MUON_ARGUMENTS,
                              shared_adam=MUON_SHARED_ADAM),
-    "adamuon": OptimizerSpec(adamuon, ("form", "nu_dtype") + MUON_ARGUMENTS,
+    "adamuon": OptimizerSpec(adamuon, ("form", "nu_dtype", "recipe") + MUON_ARGUMENTS,
                              shared_adam=MUON_SHARED_ADAM),
     "newton_muon": OptimizerSpec(
         newton_muon, ("beta2", "refresh_every", "ridge", "k0", "ridge_eps", "refresh_rule",
-                      "block_diagonal") + MUON_ARGUMENTS,
+                      "block_diagonal", "recipe") + MUON_ARGUMENTS,
         activation_stats_schedule=_newton_muon_stats, shared_adam=MUON_SHARED_ADAM),
     "adamw": OptimizerSpec(adamw, ("learning_rate", "b1", "b2", "eps", "weight_decay",
                                    "nesterov", "adam_learning_rate", "adam_weight_decay",

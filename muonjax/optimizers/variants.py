@@ -7,8 +7,11 @@ its matrix chain and the AdamW branch (:class:`MuonSettings`).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+import functools
+import inspect
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -19,7 +22,7 @@ from muonjax.transforms.momentum import MomentumForm
 from muonjax.transforms.normalize import adamuon_normalize, normuon_normalize, scale_to_rms, sign
 from muonjax.transforms.orthogonalize import Orthogonalizer
 from muonjax.transforms.precondition import RefreshRule, precondition_input
-from muonjax.transforms.scale import ShapeRule, scale_by_shape
+from muonjax.transforms.scale import ShapeRule
 from muonjax.transforms.validation import (
     check_choice,
     check_positive,
@@ -30,6 +33,58 @@ from muonjax.transforms.weight_decay import DecayMode
 
 NEWTON_MUON_REFRESH_EVERY = 16
 NEWTON_MUON_REFRESH_RULE = "end"
+
+
+
+def matrices_only(tree: Any) -> Any:
+  """Weight-decay mask: ``True`` on rank >= 2 leaves (embeddings, heads), ``False`` on the rest."""
+  return jax.tree.map(lambda x: jnp.ndim(x) >= 2, tree)
+
+
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    # AdaMuon GPT-2 scripts (https://github.com/Chongjie-Si/AdaMuon: gpt2/config/small.py
+    # and medium.py set learning_rate 6e-4, weight_decay 0.1, betas (0.9, 0.95);
+    # gpt2/models/model.py configure_optimizers gives AdaMuon and the AdamW of wte/lm_head
+    # that same lr and decay, AdamW with torch's default eps 1e-8, and decay 0 on 1-D leaves).
+    "adamuon": {
+        "gpt2": dict(learning_rate=6e-4, weight_decay=0.1, adam_learning_rate=None,
+                     adam_b1=0.9, adam_b2=0.95, adam_eps=1e-8, adam_weight_decay=0.1,
+                     adam_weight_decay_mask=matrices_only),
+    },
+    # Newton-Muon `_2` script (https://github.com/zhehangdu/Newton-Muon,
+    # train_gpt_newton_muon_2.py): Muon lr 0.05, wd 0; DistAdam(lr 0.008, betas (0.8, 0.95),
+    # eps 1e-10, wd 0) on embeddings, head and scalars; the MLP up-projection c_fc is
+    # stored (in, out) = (d, 4d), so its max(1, rows/cols)**0.5 is 1 (muonjax's Flax rule
+    # gives 2 for a (d, 4d) kernel): override it to 1. Not expressed: the script's
+    # momentum warmup 0.85 -> 0.95 over 300 steps (beta is a constant here).
+    "newton_muon": {
+        "gpt2": dict(learning_rate=0.05, weight_decay=0.0, adam_learning_rate=0.008,
+                     adam_b1=0.8, adam_b2=0.95, adam_eps=1e-10, adam_weight_decay=0.0,
+                     shape_overrides={"(^|/)mlp/up(/|$)": 1.0}),
+    },
+}
+"""Official recipes: alias name → recipe name → the keyword values it sets."""
+
+
+def with_recipes(alias: Callable[..., Any]) -> Callable[..., Any]:
+  """Add ``recipe=`` to ``alias``: the recipe's keywords, overridden by explicit ones."""
+  recipes = RECIPES[alias.__name__]
+
+  @functools.wraps(alias)
+  def wrapper(*args, recipe: Optional[str] = None, **kwargs):
+    if recipe is not None:
+      check_choice("recipe", recipe, tuple(recipes))
+      values = dict(recipes[recipe])
+      if args:  # learning_rate given positionally
+        values.pop("learning_rate", None)
+      kwargs = {**values, **kwargs}
+    return alias(*args, **kwargs)
+
+  sig = inspect.signature(alias)
+  wrapper.__signature__ = sig.replace(parameters=list(sig.parameters.values()) + [
+      inspect.Parameter("recipe", inspect.Parameter.KEYWORD_ONLY, default=None,
+                        annotation="Optional[str]")])
+  return wrapper
 
 
 def polar_muon(
@@ -63,6 +118,11 @@ def polar_muon(
     before_orthogonalize: Sequence[Stage] = (),
     after_orthogonalize: Sequence[Stage] = (),
     compat: Optional[str] = None,
+    adaptive: bool = False,
+    consistent_rms: Optional[float] = None,
+    shape_overrides: Optional[Mapping[str, float]] = None,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Muon with Polar Express coefficients instead of Keller's quintic.
 
@@ -93,7 +153,9 @@ def polar_muon(
       adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, adam_nesterov=adam_nesterov,
       dimension_numbers=dimension_numbers, group_by_shape=group_by_shape,
       before_momentum=before_momentum, before_orthogonalize=before_orthogonalize,
-      after_orthogonalize=after_orthogonalize, compat=compat)
+      after_orthogonalize=after_orthogonalize, compat=compat,
+      adaptive=adaptive, consistent_rms=consistent_rms, shape_overrides=shape_overrides,
+      adam_eps_root=adam_eps_root, adam_weight_decay_mask=adam_weight_decay_mask)
 
   def matrix_chain(dims):
     return optax.chain(
@@ -102,7 +164,7 @@ def polar_muon(
         *build_stages(s.before_orthogonalize, dims),
         *s.orthogonalize(dims),
         *build_stages(s.after_orthogonalize, dims),
-        scale_by_shape(s.shape_rule, dimension_numbers=dims, rms=s.rms),
+        s.scale(dims),
         *s.decay_and_learning_rate(),
     )
 
@@ -143,6 +205,11 @@ def normuon(
     before_orthogonalize: Sequence[Stage] = (),
     after_orthogonalize: Sequence[Stage] = (),
     compat: Optional[str] = None,
+    adaptive: bool = False,
+    consistent_rms: Optional[float] = None,
+    shape_overrides: Optional[Mapping[str, float]] = None,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon: Muon with a per-neuron second moment on the orthogonalized update.
 
@@ -155,13 +222,20 @@ def normuon(
   * ``"paper"``: no Nesterov, ``O / (√S + 1e-8)`` then ``0.2·√(n_in n_out)/‖Ô‖_F``
     (update RMS 0.2) instead of the norm restore and shape scale.
   * ``"modded"`` (modded-nanogpt): statistic along the longer side, β₂ = 0.9,
-    ``rsqrt(max(S, 1e-10))`` and a clamped norm restore.
+    ``rsqrt(max(S, 1e-10))`` and a clamped norm restore, and modded-nanogpt's
+    orthogonalization: the Polar Express 5-row table
+    (``coeffs="polar_express_modded"``, ``X/(‖X‖_F·1.02 + 1e-6)``) unless
+    ``coeffs`` is given. modded's cautious decay tied to the learning rate is
+    ``weight_decay_mode="cautious_lr"`` (opt-in; the decay λ defaults to 0).
 
   Args:
     learning_rate: base learning rate η.
     beta2: EMA coefficient of the neuron statistic (0.95; 0.9 for ``"modded"``).
     form: ``"code"``, ``"paper"`` or ``"modded"``.
     nesterov: default True; False for ``"paper"``.
+    coeffs: default Keller's (``"code"``, ``"paper"``) or
+      ``"polar_express_modded"`` (``"modded"``, modded-nanogpt ``train_gpt.py``
+      ``polar_express_coeffs``).
     shape_rule: default ``"keller"``; ``"none"`` for ``"paper"``.
     other arguments: as :func:`muonjax.muon`.
 
@@ -181,6 +255,8 @@ def normuon(
     nesterov = not paper
   if shape_rule is None:
     shape_rule = "none" if paper else "keller"
+  if coeffs is None and modded and method == "newton_schulz":
+    coeffs = "polar_express_modded"
   s = muon_settings(
       learning_rate, beta=beta, nesterov=nesterov, momentum_form=momentum_form,
       bias_correction=bias_correction, mu_dtype=mu_dtype, method=method, coeffs=coeffs,
@@ -191,7 +267,9 @@ def normuon(
       adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, adam_nesterov=adam_nesterov,
       dimension_numbers=dimension_numbers, group_by_shape=group_by_shape,
       before_momentum=before_momentum, before_orthogonalize=before_orthogonalize,
-      after_orthogonalize=after_orthogonalize, compat=compat)
+      after_orthogonalize=after_orthogonalize, compat=compat,
+      adaptive=adaptive, consistent_rms=consistent_rms, shape_overrides=shape_overrides,
+      adam_eps_root=adam_eps_root, adam_weight_decay_mask=adam_weight_decay_mask)
 
   def neuron_normalize(dims):
     if paper:  # O / (sqrt(S) + 1e-8), then update RMS 0.2
@@ -208,13 +286,14 @@ def normuon(
         *s.orthogonalize(dims),
         *neuron_normalize(dims),
         *build_stages(s.after_orthogonalize, dims),
-        scale_by_shape(s.shape_rule, dimension_numbers=dims, rms=s.rms),
+        s.scale(dims),
         *s.decay_and_learning_rate(),
     )
 
   return s.partition(matrix_chain)
 
 
+@with_recipes
 def adamuon(
     learning_rate: optax.ScalarOrSchedule = 0.02,
     *,
@@ -249,6 +328,11 @@ def adamuon(
     before_orthogonalize: Sequence[Stage] = (),
     after_orthogonalize: Sequence[Stage] = (),
     compat: Optional[str] = None,
+    adaptive: bool = False,
+    consistent_rms: Optional[float] = None,
+    shape_overrides: Optional[Mapping[str, float]] = None,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaMuon: Newton–Schulz of ``sign(U)``, an elementwise second moment, RMS 0.2.
 
@@ -266,6 +350,13 @@ def adamuon(
     momentum_form: default ``"ema"``; ``"sgd"`` for ``"megatron"``.
     shape_rule: default ``"none"`` (the RMS rescale sets the scale).
     nu_dtype: second-moment dtype (float32; bfloat16 for reference parity).
+    recipe: ``None`` (the defaults above) or ``"gpt2"``: the official GPT-2
+      script (https://github.com/Chongjie-Si/AdaMuon, ``gpt2/config/small.py``,
+      ``gpt2/models/model.py``): ``learning_rate=6e-4, weight_decay=0.1`` and
+      AdamW on embeddings/head at the same rate with ``adam_b1=0.9,
+      adam_b2=0.95, adam_eps=1e-8, adam_weight_decay=0.1`` masked to rank-2
+      leaves (``adam_weight_decay_mask=matrices_only``: no decay on norms and
+      biases). Explicit keywords override the recipe's (:data:`RECIPES`).
     other arguments: as :func:`muonjax.muon`.
 
   Returns:
@@ -289,7 +380,9 @@ def adamuon(
       adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, adam_nesterov=adam_nesterov,
       dimension_numbers=dimension_numbers, group_by_shape=group_by_shape,
       before_momentum=before_momentum, before_orthogonalize=before_orthogonalize,
-      after_orthogonalize=after_orthogonalize, compat=compat)
+      after_orthogonalize=after_orthogonalize, compat=compat,
+      adaptive=adaptive, consistent_rms=consistent_rms, shape_overrides=shape_overrides,
+      adam_eps_root=adam_eps_root, adam_weight_decay_mask=adam_weight_decay_mask)
 
   def matrix_chain(dims):
     return optax.chain(
@@ -301,13 +394,14 @@ def adamuon(
         adamuon_normalize(beta, eps=eps, nu_dtype=nu_dtype, dimension_numbers=dims),
         scale_to_rms(0.2, eps=eps, dimension_numbers=dims),
         *build_stages(s.after_orthogonalize, dims),
-        scale_by_shape(s.shape_rule, dimension_numbers=dims, rms=s.rms),
+        s.scale(dims),
         *s.decay_and_learning_rate(),
     )
 
   return s.partition(matrix_chain)
 
 
+@with_recipes
 def newton_muon(
     learning_rate: optax.ScalarOrSchedule = 0.05,
     *,
@@ -347,6 +441,11 @@ def newton_muon(
     before_orthogonalize: Sequence[Stage] = (),
     after_orthogonalize: Sequence[Stage] = (),
     compat: Optional[str] = None,
+    adaptive: bool = False,
+    consistent_rms: Optional[float] = None,
+    shape_overrides: Optional[Mapping[str, float]] = None,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Newton-Muon: Muon on the input-preconditioned gradient ``(K + γI)^{-1} G``.
 
@@ -371,6 +470,15 @@ def newton_muon(
     refresh_rule: ``"end"`` (refresh on steps ``k−1, 2k−1, …``) or ``"start"``.
     block_diagonal: block-diagonal ``K`` per leaf (see
       :func:`muonjax.precondition_input`).
+    recipe: ``None`` (the defaults above) or ``"gpt2"``: the ``_2`` script
+      (https://github.com/zhehangdu/Newton-Muon, ``train_gpt_newton_muon_2.py``):
+      ``learning_rate=0.05, weight_decay=0``, Adam on embeddings/head/scalars
+      with ``adam_learning_rate=0.008, adam_b1=0.8, adam_b2=0.95,
+      adam_eps=1e-10, adam_weight_decay=0``, and
+      ``shape_overrides={"(^|/)mlp/up(/|$)": 1.0}`` (the script stores the MLP
+      up-projection ``(d, 4d)``, shape scale 1; the Flax rule would give 2).
+      Its momentum warmup (0.85 → 0.95 over 300 steps) is not part of the
+      recipe. Explicit keywords override the recipe's (:data:`RECIPES`).
     other arguments: as :func:`muonjax.muon`.
 
   Returns:
@@ -390,7 +498,9 @@ def newton_muon(
       adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, adam_nesterov=adam_nesterov,
       dimension_numbers=dimension_numbers, group_by_shape=group_by_shape,
       before_momentum=before_momentum, before_orthogonalize=before_orthogonalize,
-      after_orthogonalize=after_orthogonalize, compat=compat)
+      after_orthogonalize=after_orthogonalize, compat=compat,
+      adaptive=adaptive, consistent_rms=consistent_rms, shape_overrides=shape_overrides,
+      adam_eps_root=adam_eps_root, adam_weight_decay_mask=adam_weight_decay_mask)
 
   def matrix_chain(dims):
     return optax.chain(
@@ -402,7 +512,7 @@ def newton_muon(
         *build_stages(s.before_orthogonalize, dims),
         *s.orthogonalize(dims),
         *build_stages(s.after_orthogonalize, dims),
-        scale_by_shape(s.shape_rule, dimension_numbers=dims, rms=s.rms),
+        s.scale(dims),
         *s.decay_and_learning_rate(),
     )
 
@@ -443,6 +553,11 @@ def mano(
     before_orthogonalize: Sequence[Stage] = (),
     after_orthogonalize: Sequence[Stage] = (),
     compat: Optional[str] = None,
+    adaptive: bool = False,
+    consistent_rms: Optional[float] = None,
+    shape_overrides: Optional[Mapping[str, float]] = None,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Mano: heavy-ball momentum, tangent projection and per-slice normalization, no Newton–Schulz.
 
@@ -497,7 +612,9 @@ def mano(
       adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, adam_nesterov=adam_nesterov,
       dimension_numbers=dimension_numbers, group_by_shape=group_by_shape,
       before_momentum=before_momentum, before_orthogonalize=before_orthogonalize,
-      after_orthogonalize=after_orthogonalize, compat=compat)
+      after_orthogonalize=after_orthogonalize, compat=compat,
+      adaptive=adaptive, consistent_rms=consistent_rms, shape_overrides=shape_overrides,
+      adam_eps_root=adam_eps_root, adam_weight_decay_mask=adam_weight_decay_mask)
 
   def matrix_chain(dims):
     return optax.chain(
@@ -507,7 +624,7 @@ def mano(
         *s.orthogonalize(dims),
         mano_normalize(version, eps=eps, both_axes=both_axes, dimension_numbers=dims),
         *build_stages(s.after_orthogonalize, dims),
-        scale_by_shape(s.shape_rule, dimension_numbers=dims, rms=s.rms),
+        s.scale(dims),
         *s.decay_and_learning_rate(),
     )
 

@@ -28,8 +28,14 @@ from muonjax.transforms.precondition import (
     precondition_input,
     refresh_due,
 )
-from muonjax.transforms.scale import scale_by_shape, shape_factor
-from muonjax.transforms.weight_decay import cautious_weight_decay, weight_decay
+from muonjax.transforms.dual_norm import scale_by_dual_norm
+from muonjax.transforms.scale import scale_by_consistent_rms, scale_by_shape, shape_factor
+from muonjax.transforms.weight_decay import (
+    LRTiedDecayState,
+    cautious_weight_decay,
+    lr_tied_cautious_weight_decay,
+    weight_decay,
+)
 from muonjax.transforms.lmo import (
     LMO,
     constrained_decay,
@@ -50,7 +56,8 @@ __all__ = [
     "MuonDimensionNumbers", "MomentumState", "momentum", "make_orthogonalizer",
     "orthogonalize", "orthogonalize_tree", "scale_by_shape", "shape_factor",
     "SecondMomentState", "adamuon_normalize", "normuon_normalize", "scale_to_rms", "sign",
-    "cautious_weight_decay", "weight_decay", "HypersphereState", "hypersphere", "sphere_axes",
+    "cautious_weight_decay", "weight_decay", "LRTiedDecayState", "lr_tied_cautious_weight_decay",
+    "scale_by_consistent_rms", "scale_by_dual_norm", "HypersphereState", "hypersphere", "sphere_axes",
     "PreconditionInputState", "input_second_moment", "precondition_input", "refresh_due",
     "LMO", "constrained_decay", "scale_by_lmo", "scion_init",
     "scion_momentum",

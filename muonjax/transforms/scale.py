@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+import re
+from typing import Literal, Mapping, Optional
 
 import jax.numpy as jnp
 import optax
@@ -36,12 +37,18 @@ def shape_factor(rule: ShapeRule, n_in: int, n_out: int, rms: float = 0.2) -> fl
   return 1.0
 
 
+def path_names(path: str) -> str:
+  """``jax.tree_util.keystr`` path → its key names joined by ``/`` (``['a'][0].b`` → ``a/0/b``)."""
+  return "/".join(re.findall(r"[A-Za-z0-9_]+", path))
+
+
 def scale_by_shape(
     rule: ShapeRule = "keller",
     *,
     dimension_numbers: dimensions.DimensionNumbersSpec = None,
     rms: float = 0.2,
     multiplier: float = 1.0,
+    overrides: Optional[Mapping[str, float]] = None,
 ) -> optax.GradientTransformation:
   r"""Multiply each matrix update by a factor that depends on its shape.
 
@@ -57,6 +64,13 @@ def scale_by_shape(
       tree pass through unscaled.
     rms: target RMS of ``"rms_match"`` (Moonlight uses 0.2).
     multiplier: extra constant factor (EO's ``extra_scale_factor``).
+    overrides: ``{pattern: factor}``: a leaf whose path (its key names joined
+      by ``/``, e.g. ``blocks/layers/mlp/up/kernel``) matches ``pattern``
+      (``re.search``) gets ``factor`` instead of the rule's (the first
+      matching pattern wins; ``multiplier`` still applies). For a reference
+      that stores a matrix the other way round, e.g. Newton-Muon's ``_2``
+      script keeps the MLP up-projection as ``(in, out)`` in PyTorch, so
+      Keller's ``max(1, rows/cols)`` gives it 1 where the Flax rule gives 2.
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -67,12 +81,46 @@ def scale_by_shape(
   """
   check_choice("rule", rule, RULES)
   check_non_negative("rms", rms)
+  compiled = [(re.compile(k), float(v)) for k, v in dict(overrides or {}).items()]
+  for _, v in compiled:
+    check_non_negative("overrides factor", v)
 
   def update_fn(updates, state, params=None):
     del params
     def scale(path, leaf, view):
-      factor = shape_factor(rule, view.n_in, view.n_out, rms) * multiplier
+      names = path_names(path)
+      factor = next((v for k, v in compiled if k.search(names)), None)
+      if factor is None:
+        factor = shape_factor(rule, view.n_in, view.n_out, rms)
+      factor = factor * multiplier
       return leaf * jnp.asarray(factor, leaf.dtype)
     return dimensions.map_matrices(scale, dimension_numbers, updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def scale_by_consistent_rms(
+    consistent_rms: float = 0.2,
+    *,
+    dimension_numbers: dimensions.DimensionNumbersSpec = None,
+) -> optax.GradientTransformation:
+  r"""optax's ``consistent_rms``: multiply by ``consistent_rms · sqrt(max(fan_in, fan_out))``.
+
+  The same factor as ``scale_by_shape("rms_match", rms=consistent_rms)``: an
+  orthogonalized update has RMS ``1/sqrt(max(fan_in, fan_out))``, so the
+  result has RMS ``≈ consistent_rms`` for every shape (0.2 matches AdamW's
+  typical update RMS, so AdamW's learning rate and weight decay carry over).
+
+  Args:
+    consistent_rms: target update RMS (optax's argument of the same name).
+    dimension_numbers: as in :func:`scale_by_shape`.
+
+  Returns:
+    A stateless ``optax.GradientTransformation``.
+
+  References:
+    Liu et al., Muon is Scalable for LLM Training, arXiv 2502.16982;
+    ``optax.contrib.muon(consistent_rms=...)``
+    (https://github.com/google-deepmind/optax/blob/main/optax/contrib/_muon.py).
+  """
+  return scale_by_shape("rms_match", dimension_numbers=dimension_numbers, rms=consistent_rms)
