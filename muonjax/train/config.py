@@ -15,11 +15,6 @@ RESUMABLE_CHANGES = frozenset({
     "eval_every", "eval_batches", "checkpoint_dir", "checkpoint_every", "keep", "log_path",
     "mesh", "max_consecutive_nonfinite"})
 
-MESH_AXES = ("data", "fsdp")
-SPHERE_UPDATES = ("project", "geodesic")
-SPHERE_THETAS = ("lr", "norm")
-# The fields of the sphere stage (models with unit-sphere weights only).
-SPHERE_FIELDS = ("sphere_update", "sphere_every", "sphere_theta")
 
 
 def _is_int(value: Any) -> bool:
@@ -78,13 +73,6 @@ class TrainConfig:
       :func:`~muonjax.train.train`, which also needs ``batch_size`` divisible
       by it). It may change on resume (the checkpoint is restored onto the
       new layout; bit-exactness holds on the same mesh).
-    sphere_update: how models with unit-sphere weights (nGPT) stay on the
-      sphere after each step: ``"project"`` (renormalize) or ``"geodesic"``
-      (great-circle move, :func:`muonjax.models.ngpt.sphere_projection`).
-    sphere_every: lazy projection period k (``"project"``: renormalize every
-      k-th step only).
-    sphere_theta: geodesic angle, ``"lr"`` (θ = the scheduled η) or
-      ``"norm"`` (θ = η‖U‖ per vector).
     skip_nonfinite: skip an update whose gradient holds a NaN/Inf
       (``optax.apply_if_finite`` around the optimizer: the update is zeroed
       and the optimizer state, momentum included, is kept as it was). Skipped
@@ -119,9 +107,6 @@ class TrainConfig:
   keep: int = 3
   log_path: Optional[str] = None
   mesh: Optional[Mapping[str, int]] = None
-  sphere_update: str = "project"
-  sphere_every: int = 1
-  sphere_theta: str = "lr"
   skip_nonfinite: bool = True
   max_consecutive_nonfinite: int = 3
 
@@ -189,19 +174,9 @@ class TrainConfig:
       for axis, size in self.mesh.items():
         if not _is_int(size) or size < 1:
           raise ValueError(f"TrainConfig.mesh[{axis!r}] must be a positive int; got {size!r}")
-    if self.sphere_update not in SPHERE_UPDATES:
-      raise ValueError(f"TrainConfig.sphere_update must be one of {SPHERE_UPDATES}; "
-                       f"got {self.sphere_update!r}")
-    if self.sphere_theta not in SPHERE_THETAS:
-      raise ValueError(f"TrainConfig.sphere_theta must be one of {SPHERE_THETAS}; "
-                       f"got {self.sphere_theta!r}")
-    positive_int("sphere_every")
     if not isinstance(self.skip_nonfinite, bool):
       raise ValueError(f"TrainConfig.skip_nonfinite must be a bool; got {self.skip_nonfinite!r}")
     positive_int("max_consecutive_nonfinite")
-    if self.sphere_every != 1 and self.sphere_update != "project":
-      raise ValueError("TrainConfig.sphere_every (lazy projection) applies to "
-                       "sphere_update='project' only")
     for name in ("data", "checkpoint_dir", "log_path"):
       value = getattr(self, name)
       if value is not None and not isinstance(value, str):
