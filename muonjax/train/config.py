@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 from typing import Any, Mapping, Optional
+
+from muonjax.distributed.mesh import AXES
+from muonjax.transforms.validation import is_int, is_real
 
 SCHEDULES = ("constant", "cosine", "wsd")
 
@@ -15,14 +17,6 @@ RESUMABLE_CHANGES = frozenset({
     "eval_every", "eval_batches", "checkpoint_dir", "checkpoint_every", "keep", "log_path",
     "mesh", "max_consecutive_nonfinite"})
 
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _json_normal(value: Any) -> Any:
@@ -115,7 +109,7 @@ class TrainConfig:
     if self.mesh is not None:
       if not isinstance(self.mesh, Mapping):
         raise ValueError(f"TrainConfig.mesh must be None or a dict of axis sizes over "
-                         f"{MESH_AXES}, e.g. {{'data': 2, 'fsdp': 4}}; got {self.mesh!r}")
+                         f"{AXES}, e.g. {{'data': 2, 'fsdp': 4}}; got {self.mesh!r}")
       object.__setattr__(self, "mesh", dict(self.mesh))
     object.__setattr__(self, "optimizer_hparams", dict(self.optimizer_hparams))
     for name in ("model_fields", "optimizer_hparams"):
@@ -131,33 +125,33 @@ class TrainConfig:
   def _check_numbers(self) -> None:
     def positive_int(name):
       value = getattr(self, name)
-      if not _is_int(value) or value < 1:
+      if not is_int(value) or value < 1:
         raise ValueError(f"TrainConfig.{name} must be a positive int; got {value!r}")
 
     def non_negative_int(name):
       value = getattr(self, name)
-      if not _is_int(value) or value < 0:
+      if not is_int(value) or value < 0:
         raise ValueError(f"TrainConfig.{name} must be an int >= 0; got {value!r}")
 
     for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "keep"):
       positive_int(name)
     for name in ("warmup_steps", "eval_every", "checkpoint_every"):
       non_negative_int(name)
-    if not _is_int(self.seed) or self.seed < 0:
+    if not is_int(self.seed) or self.seed < 0:
       raise ValueError(f"TrainConfig.seed must be an int >= 0; got {self.seed!r}")
     lr = self.learning_rate
-    if not _is_real(lr) or not lr > 0 or lr != lr or lr == float("inf"):
+    if not is_real(lr) or not lr > 0 or lr != lr or lr == float("inf"):
       raise ValueError(f"TrainConfig.learning_rate must be a finite number > 0; got {lr!r}")
     if self.schedule not in SCHEDULES:
       raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULES}; "
                        f"got {self.schedule!r}")
-    if not _is_real(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
+    if not is_real(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
       raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1]; "
                        f"got {self.min_lr_ratio!r}")
-    if not _is_real(self.decay_fraction) or not 0 < self.decay_fraction <= 1:
+    if not is_real(self.decay_fraction) or not 0 < self.decay_fraction <= 1:
       raise ValueError(f"TrainConfig.decay_fraction must be in (0, 1]; "
                        f"got {self.decay_fraction!r}")
-    if not _is_real(self.val_fraction) or not 0 < self.val_fraction < 1:
+    if not is_real(self.val_fraction) or not 0 < self.val_fraction < 1:
       raise ValueError(f"TrainConfig.val_fraction must be in (0, 1); "
                        f"got {self.val_fraction!r}")
     limit = self.steps if self.schedule == "constant" else self.steps - 1
@@ -167,12 +161,12 @@ class TrainConfig:
           f"{'<=' if self.schedule == 'constant' else '<'} steps={self.steps} "
           f"for the {self.schedule!r} schedule")
     if self.mesh is not None:
-      unknown = sorted(set(map(str, self.mesh)) - set(MESH_AXES))
+      unknown = sorted(set(map(str, self.mesh)) - set(AXES))
       if unknown or not self.mesh:
-        raise ValueError(f"TrainConfig.mesh axes must be among {MESH_AXES} (at least one); "
+        raise ValueError(f"TrainConfig.mesh axes must be among {AXES} (at least one); "
                          f"got {sorted(map(str, self.mesh))}")
       for axis, size in self.mesh.items():
-        if not _is_int(size) or size < 1:
+        if not is_int(size) or size < 1:
           raise ValueError(f"TrainConfig.mesh[{axis!r}] must be a positive int; got {size!r}")
     if not isinstance(self.skip_nonfinite, bool):
       raise ValueError(f"TrainConfig.skip_nonfinite must be a bool; got {self.skip_nonfinite!r}")

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 import muonjax as mj
-from muonjax import models
+from muonjax import distributed, models
 from muonjax.train.config import TrainConfig
 from muonjax.train.optimizer import (
     build_optimizer,
@@ -66,9 +66,8 @@ def _unaliased(state: Any) -> Any:
   return jax.tree.map(one, state)
 
 
-
 def mesh_for(config: TrainConfig) -> Optional[jax.sharding.Mesh]:
-  """The ``("data", "fsdp")`` mesh of ``config.mesh`` over all processes' devices.
+  """The :data:`muonjax.distributed.AXES` mesh of ``config.mesh`` over all processes' devices.
 
   Returns:
     ``None`` when ``config.mesh`` is ``None`` (one device, no sharding).
@@ -81,10 +80,9 @@ def mesh_for(config: TrainConfig) -> Optional[jax.sharding.Mesh]:
   if config.mesh is None:
     if jax.process_count() > 1:
       raise ValueError(f"TrainConfig.mesh must be set when training with "
-                       f"{jax.process_count()} processes (e.g. {{'data': "
+                       f"{jax.process_count()} processes (e.g. {{{distributed.DATA!r}: "
                        f"{jax.device_count()}}})")
     return None
-  from muonjax import distributed
   try:
     mesh = distributed.make_mesh(**config.mesh)
   except ValueError as e:
@@ -166,7 +164,6 @@ class Engine:
       return
 
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from muonjax import distributed
     mesh = self.mesh
     self.state_sharding = distributed.state_shardings(
         state, distributed.param_shardings(model, mesh))
@@ -235,7 +232,6 @@ class Engine:
     rows = config.batch_size * config.grad_accum
     if x.shape[0] == rows and jax.process_count() > 1:  # the whole global batch
       return tuple(_put_global(a.astype(np.int32), self.batch_sharding) for a in (x, y))
-    from muonjax import distributed
     out = distributed.shard_batch(dict(inputs=x.astype(np.int32), targets=y.astype(np.int32)),
                                self.mesh)
     return out["inputs"], out["targets"]
