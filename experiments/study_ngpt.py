@@ -122,9 +122,10 @@ def run(args, log) -> dict:
   geodesic = study.run_campaign(root, "geodesic", dataclasses.replace(
       base(gated=gated_paper), optimizers={
           "projection": muon_best,
-          "geodesic θ = lr": dict(muon_best, sphere_update="geodesic", sphere_theta="lr"),
-          "geodesic θ = lr·‖U‖": dict(muon_best, sphere_update="geodesic",
-                                      sphere_theta="norm")},
+          "geodesic θ = lr": dict(muon_best, model_fields=dict(sphere_update="geodesic",
+                                                               sphere_theta="lr")),
+          "geodesic θ = lr·‖U‖": dict(muon_best, model_fields=dict(sphere_update="geodesic",
+                                                                    sphere_theta="norm"))},
       baseline="projection"), log=log)
 
   # 4. modded-nanogpt features, alone and combined.
@@ -146,7 +147,7 @@ def run(args, log) -> dict:
   lazy_entries = {}
   for name, entry in (("Muon", muon_best), ("Adam", dict(adam, learning_rate=best["Adam"]))):
     for k in p.lazy_every:
-      lazy_entries[f"{name}, every {k}"] = dict(entry, sphere_every=k)
+      lazy_entries[f"{name}, every {k}"] = dict(entry, model_fields=dict(sphere_every=k))
   lazy = study.run_campaign(root, "lazy", dataclasses.replace(
       base(gated=gated_paper), optimizers=lazy_entries,
       baseline=f"Adam, every {p.lazy_every[0]}"), log=log)

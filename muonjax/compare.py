@@ -96,14 +96,17 @@ def train_config(preset: ComparePreset, optimizer: str, seed: int, *,
   * ``"optimizer"``: the registry name (default: the entry's own name), e.g.
     ``{"muon (NS only)": {"optimizer": "muon", "momentum": 0.0, ...}}``;
   * ``"model_fields"``: model fields replacing the preset's for this entry,
-    e.g. ``{"attention": "mhla"}``;
-  * ``sphere_update``, ``sphere_every``, ``sphere_theta``
-    (``muonjax.train.config.SPHERE_FIELDS``): those
-    :class:`~muonjax.train.TrainConfig` fields (the sphere stage of an nGPT run
-    belongs to the optimizer setting being compared).
+    e.g. ``{"attention": "mhla"}``, or the sphere stage of an nGPT run
+    (``{"sphere_update": "geodesic", "sphere_theta": "norm"}``,
+    ``{"sphere_every": 4}``: :class:`~muonjax.models.NGPTConfig` fields, which
+    belong to the setting being compared).
+
+  Raises:
+    ValueError: no ``learning_rate``, or a top-level key that is a field of the
+      preset's model config (it belongs in ``"model_fields"``).
   """
+  from muonjax import models
   from muonjax.train import TrainConfig
-  from muonjax.train.config import SPHERE_FIELDS
 
   hparams = dict(preset.optimizers[optimizer])
   if "learning_rate" not in hparams:
@@ -111,10 +114,15 @@ def train_config(preset: ComparePreset, optimizer: str, seed: int, *,
   learning_rate = hparams.pop("learning_rate")
   name = hparams.pop("optimizer", optimizer)
   fields = dict(preset.model_fields, **hparams.pop("model_fields", {}))
-  run_fields = {k: hparams.pop(k) for k in SPHERE_FIELDS if k in hparams}
+  if preset.model in models.CONFIGS:  # an unknown model: TrainConfig names it
+    misplaced = sorted(set(hparams) & {f.name for f in dataclasses.fields(
+        models.CONFIGS[preset.model])})
+    if misplaced:
+      raise ValueError(f"compare entry {optimizer!r}: {misplaced} are {preset.model} model "
+                       "fields; put them in the entry's 'model_fields'")
   hparams.update(_shared_adam(preset, name, hparams))
   return TrainConfig(
-      model=preset.model, model_fields=fields, **run_fields,
+      model=preset.model, model_fields=fields,
       optimizer=name, optimizer_hparams=hparams, learning_rate=learning_rate,
       schedule=preset.schedule, warmup_steps=preset.warmup_steps, steps=preset.steps,
       batch_size=preset.batch_size, seq_len=preset.seq_len, eval_every=preset.eval_every,

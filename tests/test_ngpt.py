@@ -460,3 +460,46 @@ def test_sequence_longer_than_max_raises():
   model = build()
   with pytest.raises(ValueError, match="max_seq_len"):
     model(tokens(seq=SEQ + 1))
+
+
+# --- the trainer's hook: the sphere stage from the config ------------------------------
+
+
+def test_sphere_fields_default_and_are_checked():
+  config = NGPTConfig(**TINY)
+  assert (config.sphere_update, config.sphere_every, config.sphere_theta) == ("project", 1, "lr")
+  with pytest.raises(ValueError, match="NGPTConfig.sphere_update must be one of"):
+    NGPTConfig(**TINY, sphere_update="retract")
+  with pytest.raises(ValueError, match="NGPTConfig.sphere_theta must be one of"):
+    NGPTConfig(**TINY, sphere_theta="angle")
+  with pytest.raises(ValueError, match="NGPTConfig.sphere_every must be a positive int"):
+    NGPTConfig(**TINY, sphere_every=0)
+  with pytest.raises(ValueError, match="sphere_every .* applies to sphere_update='project'"):
+    NGPTConfig(**TINY, sphere_update="geodesic", sphere_every=2)
+
+
+@pytest.mark.parametrize("fields", [dict(), dict(sphere_every=3),
+                                    dict(sphere_update="geodesic", sphere_theta="lr"),
+                                    dict(sphere_update="geodesic", sphere_theta="norm")])
+def test_optimizer_constraint_is_the_configured_sphere_stage(fields):
+  """``models.hooks.optimizer_constraint`` gives nGPT's sphere stage with its config's
+  settings (what the trainer chains after the optimizer) and nothing for other models."""
+  from muonjax.models import hooks
+  model = build(**fields)
+  assert isinstance(model, hooks.OptimizerConstraint)
+  schedule = optax.linear_schedule(0.1, 0.05, 4)
+  stage = hooks.optimizer_constraint(model, schedule)
+  want = sphere_projection(model, mode=fields.get("sphere_update", "project"),
+                           every=fields.get("sphere_every", 1),
+                           theta=fields.get("sphere_theta", "lr"), learning_rate=schedule)
+  params = nnx.state(model, nnx.Param)
+  delta = jax.tree.map(lambda p: 0.1 * jax.random.normal(jax.random.key(1), p.shape, p.dtype),
+                       params)
+  got_state, want_state = stage.init(params), want.init(params)
+  for _ in range(3):  # through a lazy period and along the schedule
+    got, got_state = stage.update(delta, got_state, params)
+    expected, want_state = want.update(delta, want_state, params)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), got, expected)
+  gpt = models.build("gpt", rngs=0, vocab_size=64, d_model=16, n_layers=1, n_heads=2, d_ff=32)
+  assert not isinstance(gpt, hooks.OptimizerConstraint)
+  assert hooks.optimizer_constraint(gpt, schedule) is None

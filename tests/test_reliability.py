@@ -28,7 +28,7 @@ from muonjax.train import (
     read_jsonl,
     train,
 )
-from muonjax.train import loop
+from muonjax.train import loop, optimizer as train_optimizer, step as train_step
 from muonjax.transforms import validation
 
 import helpers
@@ -104,7 +104,7 @@ def test_gradient_of_another_shape_names_the_leaf(jit):
 
 def test_skip_nonfinite_zeroes_the_update_and_keeps_the_state():
   params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
-  tx = loop.skip_nonfinite(optax.inject_hyperparams(mj.muon)(learning_rate=0.02))
+  tx = train_optimizer.skip_nonfinite(optax.inject_hyperparams(mj.muon)(learning_rate=0.02))
   state = tx.init(params)
   good = {"w": jnp.full((4, 3), 0.1), "b": jnp.full(3, 0.1)}
   _, state = tx.update(good, state, params)
@@ -121,12 +121,12 @@ def test_skip_nonfinite_zeroes_the_update_and_keeps_the_state():
 
   # Through nnx.Optimizer, as the trainer builds it.
   model = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, loop.skip_nonfinite(mj.muon(0.02)), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, train_optimizer.skip_nonfinite(mj.muon(0.02)), wrt=nnx.Param)
   before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
   grads = jax.tree.map(lambda p: jnp.full(p.shape, jnp.inf), nnx.state(model, nnx.Param))
   optimizer.update(model, grads)
   assert jax.tree.all(jax.tree.map(jnp.array_equal, before, nnx.state(model, nnx.Param)))
-  assert loop._skip_counts(optimizer)[1] == 1
+  assert train_optimizer.skip_counts(optimizer)[1] == 1
 
 
 def test_train_config_skip_fields():
@@ -231,7 +231,7 @@ def test_out_that_cannot_be_created_is_one_line_exit_2(command, kind, tmp_path, 
   a_file.write_text("x")
   out = {"proc": "/proc/muonjax-x", "under_file": str(a_file / "sub"), "file": str(a_file)}[kind]
   started = []
-  monkeypatch.setattr(loop, "_Engine", lambda *a, **k: started.append(1))
+  monkeypatch.setattr(loop, "Engine", lambda *a, **k: started.append(1))
   assert cli.main(command + ["--out", out, "--quiet"]) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "--out" in err and out in err, err
@@ -329,7 +329,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
 
 def test_nonfinite_gradients_are_skipped_then_stop(jax_cache, corpus_file, tmp_path,
                                                    monkeypatch):
-  original = loop.loss_and_metrics
+  original = train_step.loss_and_metrics
 
   def nan_gradient(model, x, y, key=None):  # a finite loss with a NaN gradient
     loss, terms = original(model, x, y, key=key)
@@ -337,7 +337,7 @@ def test_nonfinite_gradients_are_skipped_then_stop(jax_cache, corpus_file, tmp_p
     u = jnp.sum(w) - jax.lax.stop_gradient(jnp.sum(w))
     return loss + 0.0 * jnp.sqrt(jnp.abs(u)), terms
 
-  monkeypatch.setattr(loop, "loss_and_metrics", nan_gradient)
+  monkeypatch.setattr(train_step, "loss_and_metrics", nan_gradient)
   config = TrainConfig(model="gpt", model_fields=TINY, optimizer="muon", schedule="constant",
                        steps=5, batch_size=2, seq_len=8, eval_every=0, eval_batches=1,
                        data=corpus_file, checkpoint_dir=str(tmp_path / "ckpt"),

@@ -170,7 +170,7 @@ def test_lr_grid_entries_and_compare_entry_keys():
   preset = compare.ComparePreset(model="ngpt", model_fields=dict(TINY_GPT), optimizers={},
                                  steps=2, batch_size=2, seq_len=8, warmup_steps=0)
   grid = study.lr_grid(preset, {"Muon": {"optimizer": "muon", "beta": 0.9,
-                                         "sphere_every": 3, "model_fields": {"gated": True}}},
+                                         "model_fields": {"gated": True, "sphere_every": 3}}},
                        {"Muon": (0.01, 0.1)})
   assert list(grid.optimizers) == ["Muon @ 0.01", "Muon @ 0.1"]
   assert grid.baseline == "Muon @ 0.01"
@@ -178,7 +178,13 @@ def test_lr_grid_entries_and_compare_entry_keys():
   assert (config.optimizer, config.learning_rate, config.seed) == ("muon", 0.1, 2)
   shared = {f"adam_{k}": v for k, v in compare.SHARED_ADAM.items()}  # symmetric arms
   assert config.optimizer_hparams == {"beta": 0.9, **shared}
-  assert config.sphere_every == 3 and config.model_fields["gated"] is True
+  assert config.model_fields["sphere_every"] == 3 and config.model_fields["gated"] is True
+  assert config.model_fields["d_model"] == TINY_GPT["d_model"]  # the preset's, merged
+  misplaced = study.lr_grid(preset, {"Muon": {"optimizer": "muon", "sphere_every": 3}},
+                            {"Muon": (0.1,)})
+  with pytest.raises(ValueError, match=r"\['sphere_every'\] are ngpt model fields; put them "
+                                       r"in the entry's 'model_fields'"):
+    compare.train_config(misplaced, "Muon @ 0.1", seed=0)
   with pytest.raises(ValueError, match="no learning rates for"):
     study.lr_grid(preset, {"x": {}}, {})
 
@@ -239,14 +245,19 @@ def test_geodesic_lr_rule_uses_the_schedule_and_lazy_projection_waits():
 
 
 def test_sphere_fields_are_checked():
-  with pytest.raises(ValueError, match="sphere_update must be one of"):
-    _config(sphere_update="retract")
+  ngpt = lambda **fields: _config(model="ngpt", model_fields=dict(TINY_GPT, **fields))
+  with pytest.raises(ValueError, match="NGPTConfig.sphere_update must be one of"):
+    ngpt(sphere_update="retract")
+  with pytest.raises(ValueError, match="NGPTConfig.sphere_theta must be one of"):
+    ngpt(sphere_theta="angle")
   with pytest.raises(ValueError, match="sphere_every .* applies to"):
-    _config(sphere_update="geodesic", sphere_every=2)
+    ngpt(sphere_update="geodesic", sphere_every=2)
   with pytest.raises(ValueError, match="sphere_every must be a positive int"):
-    _config(sphere_every=0)
-  with pytest.raises(ValueError, match="apply to models with unit-sphere weights"):
-    lower_train_step(_config(sphere_every=2))
+    ngpt(sphere_every=0)
+  # Models without unit-sphere weights have no such fields.
+  with pytest.raises(ValueError, match=r"unknown GPTConfig field\(s\) \['sphere_every'\]"):
+    _config(model_fields=dict(TINY_GPT, sphere_every=2))
+  assert "sphere_every" not in TrainConfig.__dataclass_fields__
 
 
 # --- the study scripts ----------------------------------------------------------------

@@ -282,7 +282,7 @@ def test_momo_trains_with_its_loss_value_and_grad_accum(corpus_file, tmp_path):
 
 
 def test_statistics_schedule_follows_the_refresh_rule(corpus_file):
-  from muonjax.train.loop import statistics_schedule
+  from muonjax.train.optimizer import statistics_schedule
   assert statistics_schedule(tiny(corpus_file)) is None  # plain Muon records nothing
   due = statistics_schedule(tiny(corpus_file, optimizer="newton_muon"))
   assert [c for c in range(40) if due(c)] == [15, 31]  # default refresh_every=16, "end"
@@ -294,13 +294,13 @@ def test_statistics_schedule_follows_the_refresh_rule(corpus_file):
 def test_newton_muon_gets_recorded_statistics_on_refresh_steps(corpus_file, monkeypatch):
   """Refresh after update 2 ("end", k=2): losses agree through step 2, then differ
   from a run whose statistics are withheld (which is plain Muon)."""
-  from muonjax.train import loop
+  from muonjax.train import engine
   config = tiny(corpus_file, optimizer="newton_muon", steps=4, eval_every=0,
                 optimizer_hparams={"refresh_every": 2}, log_path=None)
   losses = {}
   for name in ("with", "without"):
     if name == "without":
-      monkeypatch.setattr(loop, "statistics_schedule", lambda config: None)
+      monkeypatch.setattr(engine, "statistics_schedule", lambda config: None)
     records = []
     train(config, on_step=lambda step, record: records.append(record["loss"]))
     losses[name] = records
@@ -311,12 +311,13 @@ def test_newton_muon_gets_recorded_statistics_on_refresh_steps(corpus_file, monk
 
 def test_loop_keeps_normalized_models_on_the_sphere():
   import muonjax as mj
-  from muonjax.train.loop import with_sphere_projection
+  from muonjax.train.optimizer import with_model_constraint
   gpt = models.build("gpt", rngs=0, vocab_size=64, max_seq_len=16, **TINY)
   tx = optax.adamw(0.1)
-  assert with_sphere_projection(tx, gpt) is tx
+  assert with_model_constraint(tx, gpt, 0.1) is tx  # no hook: the optimizer unchanged
   model = models.build("ngpt", rngs=0, vocab_size=64, max_seq_len=16, **TINY)
-  optimizer = nnx.Optimizer(model, with_sphere_projection(mj.muon(0.05), model), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, with_model_constraint(mj.muon(0.05), model, 0.05),
+                            wrt=nnx.Param)
   params = nnx.state(model, nnx.Param)
   rng = np.random.default_rng(1)
   grads = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(p.dtype), params)

@@ -57,7 +57,8 @@ scales, gates                             (L, d), (L, d_ff), …  ``None``
 A fresh model is already projected (matrices drawn from N(0, 1/√d), then
 normalized, as nGPT does at init). After each optimizer step the weights must be
 projected again: end the chain with :func:`sphere_projection` (any optimizer, e.g.
-``optax.chain(mj.muon(0.02), sphere_projection(model))``), with
+``optax.chain(mj.muon(0.02), sphere_projection(model))``; the trainer chains
+:meth:`NGPT.optimizer_constraint`, that stage with the config's ``sphere_*`` fields), with
 ``mj.hypersphere(lr, axes=mj.sphere_axes(model))`` in place of the learning-rate
 scaling, or call :func:`normalize_weights` after the update.
 
@@ -86,6 +87,9 @@ from muonjax.transforms.validation import check_choice
 
 # Smallest norm divided by; keeps Norm(0) finite (nGPT's justnorm has no guard).
 _NORM_FLOOR = 1e-12
+# The sphere stage's settings (:func:`sphere_projection`), fields of :class:`NGPTConfig`.
+SPHERE_UPDATES = ("project", "geodesic")
+SPHERE_THETAS = ("lr", "norm")
 
 
 def unit(x: jax.Array, axis: int = -1) -> jax.Array:
@@ -167,7 +171,7 @@ def sphere_projection(model_or_axes: Any, *, mode: str = "project", every: int =
     theta: geodesic angle rule, ``"lr"`` or ``"norm"``.
     learning_rate: η of ``theta="lr"`` (float or schedule).
   """
-  check_choice("theta", theta, ("lr", "norm"))  # mode and every: hypersphere checks them
+  check_choice("theta", theta, SPHERE_THETAS)  # mode and every: hypersphere checks them
   axes = (sphere_axes(model_or_axes)
           if isinstance(model_or_axes, (nnx.Module, nnx.State)) else model_or_axes)
   if mode == "project":
@@ -183,6 +187,18 @@ def sphere_projection(model_or_axes: Any, *, mode: str = "project", every: int =
 
 @dataclasses.dataclass(frozen=True)
 class NGPTConfig:
+  """nGPT's fields; the last three set the sphere stage the trainer chains after the
+  optimizer (:meth:`NGPT.optimizer_constraint`, :func:`sphere_projection`).
+
+  Attributes:
+    sphere_update: how the weights stay on the sphere after each step:
+      ``"project"`` (renormalize) or ``"geodesic"`` (great-circle move).
+    sphere_every: lazy projection period k (``"project"``: renormalize every
+      k-th step only).
+    sphere_theta: geodesic angle, ``"lr"`` (θ = the scheduled η) or
+      ``"norm"`` (θ = η‖U‖ per vector).
+  """
+
   vocab_size: int = 256
   d_model: int = 128
   n_layers: int = 4
@@ -194,6 +210,9 @@ class NGPTConfig:
   gated: bool = False          # gated residual variant
   gate_init: float = 0.0       # initial gate logit g (σ(0) = 1/2)
   remat: bool = False
+  sphere_update: str = "project"
+  sphere_every: int = 1
+  sphere_theta: str = "lr"
 
   def __post_init__(self):
     cls = type(self).__name__
@@ -213,6 +232,16 @@ class NGPTConfig:
     for name in ("gated", "remat"):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"{cls}.{name} must be a bool; got {getattr(self, name)!r}")
+    if self.sphere_update not in SPHERE_UPDATES:
+      raise ValueError(f"{cls}.sphere_update must be one of {SPHERE_UPDATES}; "
+                       f"got {self.sphere_update!r}")
+    if self.sphere_theta not in SPHERE_THETAS:
+      raise ValueError(f"{cls}.sphere_theta must be one of {SPHERE_THETAS}; "
+                       f"got {self.sphere_theta!r}")
+    checks.positive_int(self, "sphere_every")
+    if self.sphere_every != 1 and self.sphere_update != "project":
+      raise ValueError(f"{cls}.sphere_every (lazy projection) applies to "
+                       "sphere_update='project' only")
 
 
 # ----------------------------------------------------------------------------- layers
@@ -326,7 +355,8 @@ class NGPT(nnx.Module):
   def __init__(self, config: NGPTConfig, *, rngs: nnx.Rngs):
     self.config = config
     # Fields the layers do not read are fixed, so changing them reuses the compiled init.
-    layers = dataclasses.replace(config, max_seq_len=1, remat=False)
+    layers = dataclasses.replace(config, max_seq_len=1, remat=False, sphere_update="project",
+                                 sphere_every=1, sphere_theta="lr")
     self.embed, self.blocks, self.lm_head = _build_layers(layers, rngs)
     self.s_z = scaled_param((config.vocab_size,), 1.0, 1.0 / math.sqrt(config.d_model))
 
@@ -344,6 +374,18 @@ class NGPT(nnx.Module):
     self._check(tokens)
     h = unit(self.embed(tokens))
     return self.logits(run_stacked(self.blocks, h, remat=self.config.remat))
+
+  def optimizer_constraint(self, learning_rate: Any) -> optax.GradientTransformation:
+    """The sphere stage to chain after any optimizer (:mod:`muonjax.models.hooks`).
+
+    :func:`sphere_projection` of this model's constrained weights with the
+    config's ``sphere_update``, ``sphere_every`` and ``sphere_theta``;
+    ``learning_rate`` (the run's schedule) is the geodesic angle of
+    ``sphere_theta="lr"``.
+    """
+    c = self.config
+    return sphere_projection(self, mode=c.sphere_update, every=c.sphere_every,
+                             theta=c.sphere_theta, learning_rate=learning_rate)
 
   def hidden_states(self, tokens: jax.Array) -> jax.Array:
     """Every hidden state, (n_layers + 1, B, T, d): h₀ and the output of each layer."""

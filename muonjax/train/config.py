@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 from typing import Any, Mapping, Optional
+
+from muonjax.distributed.mesh import AXES
+from muonjax.transforms.validation import is_int, is_real
 
 SCHEDULES = ("constant", "cosine", "wsd")
 
@@ -15,19 +17,6 @@ RESUMABLE_CHANGES = frozenset({
     "eval_every", "eval_batches", "checkpoint_dir", "checkpoint_every", "keep", "log_path",
     "mesh", "max_consecutive_nonfinite"})
 
-MESH_AXES = ("data", "fsdp")
-SPHERE_UPDATES = ("project", "geodesic")
-SPHERE_THETAS = ("lr", "norm")
-# The fields of the sphere stage (models with unit-sphere weights only).
-SPHERE_FIELDS = ("sphere_update", "sphere_every", "sphere_theta")
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _json_normal(value: Any) -> Any:
@@ -78,13 +67,6 @@ class TrainConfig:
       :func:`~muonjax.train.train`, which also needs ``batch_size`` divisible
       by it). It may change on resume (the checkpoint is restored onto the
       new layout; bit-exactness holds on the same mesh).
-    sphere_update: how models with unit-sphere weights (nGPT) stay on the
-      sphere after each step: ``"project"`` (renormalize) or ``"geodesic"``
-      (great-circle move, :func:`muonjax.models.ngpt.sphere_projection`).
-    sphere_every: lazy projection period k (``"project"``: renormalize every
-      k-th step only).
-    sphere_theta: geodesic angle, ``"lr"`` (θ = the scheduled η) or
-      ``"norm"`` (θ = η‖U‖ per vector).
     skip_nonfinite: skip an update whose gradient holds a NaN/Inf
       (``optax.apply_if_finite`` around the optimizer: the update is zeroed
       and the optimizer state, momentum included, is kept as it was). Skipped
@@ -119,9 +101,6 @@ class TrainConfig:
   keep: int = 3
   log_path: Optional[str] = None
   mesh: Optional[Mapping[str, int]] = None
-  sphere_update: str = "project"
-  sphere_every: int = 1
-  sphere_theta: str = "lr"
   skip_nonfinite: bool = True
   max_consecutive_nonfinite: int = 3
 
@@ -130,7 +109,7 @@ class TrainConfig:
     if self.mesh is not None:
       if not isinstance(self.mesh, Mapping):
         raise ValueError(f"TrainConfig.mesh must be None or a dict of axis sizes over "
-                         f"{MESH_AXES}, e.g. {{'data': 2, 'fsdp': 4}}; got {self.mesh!r}")
+                         f"{AXES}, e.g. {{'data': 2, 'fsdp': 4}}; got {self.mesh!r}")
       object.__setattr__(self, "mesh", dict(self.mesh))
     object.__setattr__(self, "optimizer_hparams", dict(self.optimizer_hparams))
     for name in ("model_fields", "optimizer_hparams"):
@@ -146,33 +125,33 @@ class TrainConfig:
   def _check_numbers(self) -> None:
     def positive_int(name):
       value = getattr(self, name)
-      if not _is_int(value) or value < 1:
+      if not is_int(value) or value < 1:
         raise ValueError(f"TrainConfig.{name} must be a positive int; got {value!r}")
 
     def non_negative_int(name):
       value = getattr(self, name)
-      if not _is_int(value) or value < 0:
+      if not is_int(value) or value < 0:
         raise ValueError(f"TrainConfig.{name} must be an int >= 0; got {value!r}")
 
     for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "keep"):
       positive_int(name)
     for name in ("warmup_steps", "eval_every", "checkpoint_every"):
       non_negative_int(name)
-    if not _is_int(self.seed) or self.seed < 0:
+    if not is_int(self.seed) or self.seed < 0:
       raise ValueError(f"TrainConfig.seed must be an int >= 0; got {self.seed!r}")
     lr = self.learning_rate
-    if not _is_real(lr) or not lr > 0 or lr != lr or lr == float("inf"):
+    if not is_real(lr) or not lr > 0 or lr != lr or lr == float("inf"):
       raise ValueError(f"TrainConfig.learning_rate must be a finite number > 0; got {lr!r}")
     if self.schedule not in SCHEDULES:
       raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULES}; "
                        f"got {self.schedule!r}")
-    if not _is_real(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
+    if not is_real(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
       raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1]; "
                        f"got {self.min_lr_ratio!r}")
-    if not _is_real(self.decay_fraction) or not 0 < self.decay_fraction <= 1:
+    if not is_real(self.decay_fraction) or not 0 < self.decay_fraction <= 1:
       raise ValueError(f"TrainConfig.decay_fraction must be in (0, 1]; "
                        f"got {self.decay_fraction!r}")
-    if not _is_real(self.val_fraction) or not 0 < self.val_fraction < 1:
+    if not is_real(self.val_fraction) or not 0 < self.val_fraction < 1:
       raise ValueError(f"TrainConfig.val_fraction must be in (0, 1); "
                        f"got {self.val_fraction!r}")
     limit = self.steps if self.schedule == "constant" else self.steps - 1
@@ -182,26 +161,16 @@ class TrainConfig:
           f"{'<=' if self.schedule == 'constant' else '<'} steps={self.steps} "
           f"for the {self.schedule!r} schedule")
     if self.mesh is not None:
-      unknown = sorted(set(map(str, self.mesh)) - set(MESH_AXES))
+      unknown = sorted(set(map(str, self.mesh)) - set(AXES))
       if unknown or not self.mesh:
-        raise ValueError(f"TrainConfig.mesh axes must be among {MESH_AXES} (at least one); "
+        raise ValueError(f"TrainConfig.mesh axes must be among {AXES} (at least one); "
                          f"got {sorted(map(str, self.mesh))}")
       for axis, size in self.mesh.items():
-        if not _is_int(size) or size < 1:
+        if not is_int(size) or size < 1:
           raise ValueError(f"TrainConfig.mesh[{axis!r}] must be a positive int; got {size!r}")
-    if self.sphere_update not in SPHERE_UPDATES:
-      raise ValueError(f"TrainConfig.sphere_update must be one of {SPHERE_UPDATES}; "
-                       f"got {self.sphere_update!r}")
-    if self.sphere_theta not in SPHERE_THETAS:
-      raise ValueError(f"TrainConfig.sphere_theta must be one of {SPHERE_THETAS}; "
-                       f"got {self.sphere_theta!r}")
-    positive_int("sphere_every")
     if not isinstance(self.skip_nonfinite, bool):
       raise ValueError(f"TrainConfig.skip_nonfinite must be a bool; got {self.skip_nonfinite!r}")
     positive_int("max_consecutive_nonfinite")
-    if self.sphere_every != 1 and self.sphere_update != "project":
-      raise ValueError("TrainConfig.sphere_every (lazy projection) applies to "
-                       "sphere_update='project' only")
     for name in ("data", "checkpoint_dir", "log_path"):
       value = getattr(self, name)
       if value is not None and not isinstance(value, str):

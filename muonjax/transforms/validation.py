@@ -17,6 +17,17 @@ import jax
 import numpy as np
 
 
+def is_real(value: Any) -> bool:
+  """Whether ``value`` is a concrete real number: a Python or NumPy int or float, not a bool
+  (nor an array, a string, ``None`` or a callable)."""
+  return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def is_int(value: Any) -> bool:
+  """Whether ``value`` is a concrete integer: a Python or NumPy int, not a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def _concrete(name: str, value: Any) -> Optional[np.ndarray]:
   """``value`` as a float64 NumPy array when it is a concrete number, ``None`` when
   it is a traced array (checked by nobody: its value is not known yet).
