@@ -95,8 +95,17 @@ def test_gradient_of_another_shape_names_the_leaf(jit):
   params = {"a": {"w": jnp.ones((4, 3))}, "b": jnp.ones(3)}
   grads = {"a": {"w": jnp.ones((3, 4))}, "b": jnp.ones(3)}
   update = jax.jit(tx.update) if jit else tx.update
-  with pytest.raises(ValueError, match=r"\['a'\]\['w'\] has shape \(3, 4\).*\(4, 3\)"):
+  # The routing decided at init names the leaf first, Muon and AdamW leaves alike.
+  with pytest.raises(ValueError, match=r"leaf a/w has shape \(3, 4\).*\(4, 3\)"):
     update(grads, tx.init(params), params)
+  bias = dict(params, b=jnp.ones(3))
+  with pytest.raises(ValueError, match=r"leaf b has shape \(4,\).*\(3,\)"):
+    update(dict(grads, a=params["a"], b=jnp.ones(4)), tx.init(bias), bias)
+  # A stage used on its own (no alias) names the leaf from its buffers.
+  stage = mj.momentum(0.9)
+  stage_update = jax.jit(stage.update) if jit else stage.update
+  with pytest.raises(ValueError, match=r"\['a'\]\['w'\] has shape \(3, 4\).*\(4, 3\)"):
+    stage_update(grads, stage.init(params), params)
 
 
 # --- skipping non-finite gradients ------------------------------------------
