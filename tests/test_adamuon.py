@@ -1,6 +1,6 @@
 """AdaMuon (`mj.adamuon`, forms code / megatron) against a NumPy float64 reference.
 
-Reference from the optimizers spec §5 (layout-free: every statistic is
+Reference from docs/optimizers.md#adamuon (layout-free: every statistic is
 elementwise or per whole matrix): momentum -> sign -> Keller NS5 ->
 ``v <- beta v + (1 - beta) O^2`` (beta = the momentum beta) -> ``O / (sqrt(v) + 1e-8)``
 -> ``* 0.2 sqrt(n_in n_out) / (||O||_F + 1e-8)`` -> decoupled decay -> ``-lr``.
@@ -114,7 +114,7 @@ def test_second_moment_uses_momentum_beta():
 
 @pytest.mark.parametrize("form", ["code", "megatron"])
 def test_update_rms_is_exactly_0p2_alias(form):
-  """Spec §15.2 through the alias with lr 1 and no decay: RMS 0.2 per matrix (1e-6)."""
+  """docs/optimizers.md#test-oracles through the alias with lr 1 and no decay: RMS 0.2 per matrix (1e-6)."""
   rng = np.random.default_rng(2)
   params = to_jax(random_tree(rng, SHAPES))
   tx = mj.adamuon(1.0, weight_decay=0.0, form=form, compute_dtype=None)
@@ -166,7 +166,7 @@ def test_state_full_size_float32_and_bf16_option():
 
 
 def test_default_weight_decays():
-  """code: wd 0.01 by default; megatron: 0.1 (spec §5)."""
+  """code: wd 0.01 by default; megatron: 0.1 (docs/optimizers.md#adamuon)."""
   params = {"w": jnp.asarray(np.random.default_rng(4).standard_normal((4, 6)), jnp.float32)}
   zero = {"w": jnp.zeros((4, 6))}
   for form, wd in (("code", 0.01), ("megatron", 0.1)):

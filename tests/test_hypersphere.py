@@ -1,6 +1,6 @@
-"""Hypersphere stage (S10, nGPT): projection, lazy projection, geodesic steps.
+"""Hypersphere stage (nGPT): projection, lazy projection, geodesic steps.
 
-Spec §11. A "constrained vector" is a slice of a leaf along its ``axis`` (the
+docs/optimizers.md#hypersphere-and-geodesic-updates. A "constrained vector" is a slice of a leaf along its ``axis`` (the
 axis the norm is taken over). In Flax layout nGPT's q/k/v/up kernels ``(d, n)``
 use axis 0 (one unit vector per output neuron), output projections axis 1.
 """
@@ -130,7 +130,7 @@ def test_geodesic_angle_and_norm(theta):
 
 @pytest.mark.parametrize("theta", ["lr", "norm", "tangent"])
 def test_geodesic_parallel_update_does_not_move(theta):
-  """Spec §11: with u parallel to w nothing moves (the unconstrained leaf still does)."""
+  """docs/optimizers.md#hypersphere-and-geodesic-updates: with u parallel to w nothing moves (the unconstrained leaf still does)."""
   params, _ = make_tree(5)
   d = {k: 0.7 * v for k, v in params.items()}
   d["b"] = -3.0 * params["b"]

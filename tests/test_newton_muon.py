@@ -1,6 +1,6 @@
 """Newton-Muon (`mj.newton_muon`, stage `mj.precondition_input`) against a NumPy float64 reference.
 
-The reference follows the optimizers spec §7 in Flax layout: a leaf is a stack of
+The reference follows docs/optimizers.md#newton-muon in Flax layout: a leaf is a stack of
 ``(n_in, n_out)`` matrices and the input preconditioner multiplies from the
 left, ``G̃ = (K + γI)^{-1} G`` with ``K`` the ``n_in × n_in`` EWMA of the
 layer's input second moment (``G (K + γI)^{-1}`` in the paper's ``(out, in)``
@@ -27,7 +27,7 @@ from muonjax.transforms.precondition import PreconditionInputState
 import helpers
 import references
 
-# --- NumPy float64 reference (spec §0.2, §0.4, §3.1, §7) -------------------
+# --- NumPy float64 reference (docs/optimizers.md#momentum-forms, #newton-schulz-step, #muon, #newton-muon) -------------------
 
 
 class NewtonMuonReference:
@@ -157,7 +157,7 @@ def test_refresh_rule_start():
   assert [t for t in range(9) if mj.refresh_due(t, 4)] == [3, 7]
 
 
-# --- spec §7 / §15.2 checks ----------------------------------------------------
+# --- docs/optimizers.md#newton-muon / #test-oracles checks ----------------------------------------------------
 
 
 KNOBS = dict(learning_rate=0.05, compute_dtype=None, weight_decay=0.01)

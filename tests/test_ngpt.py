@@ -1,4 +1,4 @@
-"""Tests for nGPT (models spec §9): the normalized transformer and its gated variant."""
+"""Tests for nGPT (docs/models.md#ngpt): the normalized transformer and its gated variant."""
 
 import math
 
@@ -345,7 +345,7 @@ def apply_update(optimizer, model, grads):
 
 
 def native_sphere_chain(model, lr, mode):
-  """Muon directions on the hidden matrices, Adam on the rest, then ``mj.hypersphere`` (stage S10)."""
+  """Muon directions on the hidden matrices, Adam on the rest, then ``mj.hypersphere`` (the hypersphere stage)."""
   dims = mj.muon_dimension_numbers(model)
   directions = mj.partition_matrices(
       lambda dn: optax.chain(mj.momentum(), mj.orthogonalize(dimension_numbers=dn),

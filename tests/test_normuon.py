@@ -1,6 +1,6 @@
 """NorMuon (`mj.normuon`, forms code / paper / modded) against a NumPy float64 reference.
 
-The reference is written from the optimizers spec §4.1-§4.3 in Flax layout: a
+The reference is written from docs/optimizers.md#normuon in Flax layout: a
 leaf is a stack of ``(n_in, n_out)`` matrices. "Per output neuron" (code and
 paper forms) means one statistic per column, a mean over the input axis (-2),
 state ``(..., 1, n_out)``. The modded form keeps one statistic per index of the
@@ -27,7 +27,7 @@ from references import fro
 
 pytestmark = pytest.mark.usefixtures("fp32_matmuls")
 
-# --- NumPy float64 reference (spec §0.4, §2.2, §4) -------------------------
+# --- NumPy float64 reference (docs/optimizers.md#newton-schulz-step, #coefficient-sets, #normuon) -------------------------
 
 
 class NorMuonReference:
@@ -51,7 +51,7 @@ class NorMuonReference:
     beta = self.beta
     self.m = beta * self.m + (1 - beta) * g
     u = self.m if self.form == "paper" else beta * self.m + (1 - beta) * g
-    if self.form == "modded":  # modded-nanogpt's Polar Express table (spec §2.3)
+    if self.form == "modded":  # modded-nanogpt's Polar Express table (docs/optimizers.md#coefficient-sets)
       o = references.newton_schulz(u, table=references.PE_MODDED, safety=1.02, eps=1e-6)
     else:
       o = references.newton_schulz(u)
@@ -128,7 +128,7 @@ def test_state_shapes_modded_longer_axis():
 
 
 def test_code_form_keeps_frobenius_norm():
-  """Spec §15.2: normalization restores each matrix's Frobenius norm (1e-5)."""
+  """docs/optimizers.md#test-oracles: normalization restores each matrix's Frobenius norm (1e-5)."""
   rng = np.random.default_rng(1)
   tx = normuon_normalize(0.95)
   o = {"w": jnp.asarray(rng.standard_normal((5, 9)), jnp.float32),

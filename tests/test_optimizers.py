@@ -2,7 +2,7 @@
 argument checks, numerics policy, optax/Flax ecosystem, and a training acceptance test.
 
 References are independent: ``optax.contrib.muon`` and float64 NumPy step functions
-written from optimizers.md §3.1 / §3.2.
+written from docs/optimizers.md#muon / #optax-compatibility.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class OptaxCompatTest(chex.TestCase):
 
 
 # --------------------------------------------------------------------------------------
-# Keller default vs a NumPy reference (spec §3.1)
+# Keller default vs a NumPy reference (docs/optimizers.md#muon)
 # --------------------------------------------------------------------------------------
 
 
@@ -139,7 +139,7 @@ def keller_one_step_reference(params, grads, lr, beta=0.95, bf16=False):
 
 
 class KellerReferenceTest(chex.TestCase):
-  """One step of ``mj.muon(lr)`` from zero state against spec §3.1 in NumPy.
+  """One step of ``mj.muon(lr)`` from zero state against docs/optimizers.md#muon in NumPy.
 
   bf16 Newton-Schulz is intrinsically far from the float64 result (5-11% relative
   Frobenius error on these small matrices, the same for a NumPy bf16 emulation), so the

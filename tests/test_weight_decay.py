@@ -1,6 +1,6 @@
-"""Weight decay stage (S7): decoupled (= optax.add_decayed_weights) and cautious.
+"""Weight decay stage (docs/optimizers.md#weight-decay): decoupled (= optax.add_decayed_weights) and cautious.
 
-Cautious decay (optimizers spec §10; Dion ``cautious_wd``, arXiv 2510.12402):
+Cautious decay (docs/optimizers.md#weight-decay; Dion ``cautious_wd``, arXiv 2510.12402):
 ``D <- D + lambda * 1[D * W >= 0] * W``, then ``-lr``. ``D`` is the descent direction
 (the quantity subtracted); ties (``D = 0`` or ``W = 0``) count as decayed. The
 rule is elementwise, so it has no layout convention.

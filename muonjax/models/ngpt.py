@@ -1,11 +1,11 @@
-"""nGPT: the normalized transformer on the hypersphere (models spec §9).
+"""nGPT: the normalized transformer on the hypersphere (docs/models.md#ngpt).
 
 Loshchilov, Hsieh, Sun, Ginsburg, "nGPT: Normalized Transformer with Representation
 Learning on the Hypersphere", arXiv 2410.01131 (ICLR 2025); official code
 https://github.com/NVIDIA/ngpt (``model.py``: ``Block.forward``, ``GPT.forward``).
 
 With Norm(x) = x / ‖x‖₂ over the embedding axis, every hidden state h stays on the
-unit sphere (spec §9.1; the code's form, with |α|)::
+unit sphere (docs/models.md#ngpt; the code's form, with |α|)::
 
     h₀ = Norm(E[tokens])
     h_A = Norm(ATTN(h));   h ← Norm(Norm(h) + |α_A| ⊙ (h_A − Norm(h)))
@@ -26,7 +26,7 @@ unit sphere (spec §9.1; the code's form, with |α|)::
   interleaved pairs with the same frequencies, which is the same model up to a fixed
   permutation of the head dimensions (of W_q, W_k columns and s_qk).
 
-Scaled-parameter trick (spec §9.2): every learnable scale stores θ, initialized to
+Scaled-parameter trick (docs/models.md#scaled-parameters): every learnable scale stores θ, initialized to
 ``s_scale``, and is used as s = θ·(s_init/s_scale); ``s_init``/``s_scale`` are kept
 in the Param's metadata. α_A, α_M (d,): s_init ``alpha_init`` (0.05), s_scale 1/√d;
 s_qk (d,): 1, 1/√d; s_u, s_ν (d_ff,): 1, 1; s_z (V,): 1, 1/√d. muonjax computes 1/√d
@@ -38,7 +38,7 @@ gate g ∈ R^d per branch and layer, stored plainly and initialized to ``gate_in
 (0: σ(g) = 1/2), scales the eigen learning rate:
 h ← Norm(Norm(h) + σ(g_A) ⊙ |α_A| ⊙ (h_A − Norm(h))), likewise for the MLP.
 
-Weights on the sphere (spec §9.3): every matrix and the embedding carry
+Weights on the sphere (docs/models.md#weights-on-the-sphere): every matrix and the embedding carry
 ``sphere_axis`` metadata, the axis their unit vectors are taken over (the d_model
 axis), read by :func:`muonjax.sphere_axes`:
 
@@ -103,7 +103,7 @@ def unit(x: jax.Array, axis: int = -1) -> jax.Array:
 
 
 def scaled_param(shape: tuple[int, ...], s_init: float, s_scale: float) -> nnx.Param:
-  """A learnable scale θ = ``s_scale`` (spec §9.2), routed to AdamW (``muon=None``)."""
+  """A learnable scale θ = ``s_scale`` (docs/models.md#scaled-parameters), routed to AdamW (``muon=None``)."""
   return nnx.Param(jnp.full(shape, s_scale, jnp.float32), muon=None,
                    s_init=float(s_init), s_scale=float(s_scale))
 
