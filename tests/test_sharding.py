@@ -1,4 +1,4 @@
-"""muonjax.distributed (issue 5 part 4, issue 6 part 4): mesh, FSDP rules, sharded Newton–Schulz; muonjax.testing.hlo audit.
+"""muonjax.distributed (docs/performance.md#sharding): mesh, FSDP rules, sharded Newton–Schulz; muonjax.testing.hlo audit.
 
 The multi-device checks need 8 simulated CPU devices, which JAX only creates
 when ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` is set before it is

@@ -1,4 +1,4 @@
-"""Tier-0 performance checks (issue 6): properties of the compiled Newton–Schulz, not timings.
+"""Tier-0 performance checks (docs/performance.md#benchmark-tiers): properties of the compiled Newton–Schulz, not timings.
 
 * XLA's cost analysis of one compiled NS call agrees with the FLOP formula
   T·(4m²n + 2m³) for the wide view (m ≤ n). XLA counts a while loop's body

@@ -1,4 +1,4 @@
-"""Sharded training (issue 5 part 4): ``TrainConfig.mesh`` end to end.
+"""Sharded training (docs/performance.md#sharding): ``TrainConfig.mesh`` end to end.
 
 JAX creates simulated CPU devices only when ``XLA_FLAGS`` holds
 ``--xla_force_host_platform_device_count`` before it is imported, so the

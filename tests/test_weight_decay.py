@@ -92,7 +92,7 @@ def test_cautious_through_muon_one_step(tree):
 
 @pytest.mark.parametrize("name", ["muon", "normuon", "adamuon", "polar_muon"])
 def test_cautious_mode_works_with_every_alias(name, tree):
-  """Spec §10 (NorMuon issue #11): same direction as without decay, plus the cautious term."""
+  """docs/optimizers.md#weight-decay (NorMuon issue #11): same direction as without decay, plus the cautious term."""
   params, grads = tree
   grads = jax.tree.map(jnp.asarray, grads)
   factory = mj.OPTIMIZERS[name]

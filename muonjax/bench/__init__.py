@@ -1,4 +1,5 @@
-"""Orthogonalization benchmark (Tier 1 ratios on one device; ``docs/performance.md#benchmark-tiers``).
+"""Orthogonalization benchmark (Tier 1 ratios on one device; ``docs/performance.md#benchmark-tiers``,
+which defines the goals R1–R6 the report and the code name).
 
 * :mod:`~muonjax.bench.harness`: AOT compilation, interleaved timing, medians;
 * :mod:`~muonjax.bench.machine`: machine and version record;

@@ -188,7 +188,7 @@ def muon(
       :mod:`muonjax.nnx` imported), or a callable ``params -> tree``.
     group_by_shape: orthogonalize equal-shape matrices in one batched call.
     before_momentum: stages run on the raw gradient, before momentum (stage
-      S0, e.g. :func:`muonjax.precondition_input` for Newton-Muon), in the
+      input-preconditioning stage, e.g. :func:`muonjax.precondition_input` for Newton-Muon), in the
       same forms as ``before_orthogonalize``.
     before_orthogonalize: stages run after momentum, before orthogonalization
       (e.g. ``mj.sign()``): ``GradientTransformation``\ s, or callables taking

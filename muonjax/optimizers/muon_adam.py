@@ -18,14 +18,14 @@ routing labels (a leaf is a Muon leaf when its dimension numbers are not
    ``M`` covers every leaf (``M_1 = G_1``, then EMA).
 2. :func:`muonjax.momentum` with β₂ on ``G²`` (Adam leaves): ``v_1 = g_1²``,
    then EMA, no bias correction.
-3. S6 :func:`scale_by_global_nuclear_norm` on ``M``: orthogonalizes the Muon
+3. Global-scale stage, :func:`scale_by_global_nuclear_norm` on ``M``: orthogonalizes the Muon
    leaves with :func:`muonjax.orthogonalize_tree` (no Newton–Schulz code here),
    takes ``<M_l, O_l>`` per leaf while it sees both, and multiplies every Muon
    leaf by the global ``N`` (fresh, or last step's values with ``stale=True``).
    Plain MuonAdam uses :func:`muonjax.orthogonalize` instead.
 4. Direction ``D``: ``s·N·O`` (MuonMax) or ``s·O`` (MuonAdam) on Muon leaves,
    ``m / (eps + √v)`` on Adam leaves. No shape scale factor.
-5. S8 :func:`momo_step_size` (``optax.GradientTransformationExtraArgs``): reads
+5. Momo step-size stage, :func:`momo_step_size` (``optax.GradientTransformationExtraArgs``): reads
    the loss ``value=``, the params, and :class:`MomoInputs` (the ``G`` and ``M``
    trees and the dual-norm denominator) and multiplies ``D`` by ``η_t / η``.
 6. :func:`muonjax.weight_decay` (λ) → ``optax.scale_by_learning_rate(η)``, so

@@ -115,7 +115,7 @@ PRESETS: dict[str, CoefficientSet] = {
     s.name: s
     for s in [
         CoefficientSet("keller", _KELLER, 5, 1.0, 1e-7, "KellerJordan/Muon"),
-        CoefficientSet("dion", _DION, 5, 1.0, 1e-7, "microsoft/dion, EO 'quintic'"),
+        CoefficientSet("dion", _DION, 5, 1.0, 1e-7, "microsoft/dion, Emerging-Optimizers 'quintic'"),
         CoefficientSet(
             "polar_express", deflate(POLAR_EXPRESS_RAW, 1.01), 5, 1.01, 1e-7,
             "NoahAmsel/PolarExpress (arXiv 2505.16932), 8 rows, safety 1.01"),

@@ -1,4 +1,4 @@
-"""MuonMax's global scale (S6): Muon steps times ``N = sum_l <M_l, polar(M_l)>``.
+"""MuonMax's global-scale stage: Muon steps times ``N = sum_l <M_l, polar(M_l)>``.
 
 MuonMax (Gower et al.) scales every Muon leaf by one tree-wide scalar, the sum
 over Muon leaves of ``<M_l, polar(M_l)>`` (the momentum nuclear norms); the
@@ -85,7 +85,7 @@ def gptopt_orthogonalizer(
                              compute_dtype=dtype)
 
 
-# --- S6: global nuclear-norm scaling ---------------------------------------
+# --- global-scale stage: nuclear-norm scaling ---------------------------------------
 
 
 class GlobalNuclearNormState(NamedTuple):
@@ -111,7 +111,7 @@ def scale_by_global_nuclear_norm(
       N = sum_l <M_l, O_l>        (≈ sum_l ||M_l||_*; over every matrix leaf)
       out_l = N · O_l
 
-  This is MuonMax's dual-norm scaling (stage S6, like ``clip_by_global_norm``:
+  This is MuonMax's dual-norm scaling (the global-scale stage, like ``clip_by_global_norm``:
   one scalar for the whole tree). The stage needs both ``M`` and ``O``, so it
   runs on the momentum output and calls the orthogonalizer itself. Leaves
   routed to ``None`` (and ``optax.MaskedNode``\ s inside ``optax.partition``)
@@ -173,6 +173,6 @@ def scale_by_global_nuclear_norm(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-# --- S8: Momo truncated step size -------------------------------------------
+# --- Momo step-size stage: truncated step size -------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Hypersphere constraint (S10) for normalized transformers (nGPT).
+"""Hypersphere stage (docs/optimizers.md#hypersphere-and-geodesic-updates) for normalized transformers (nGPT).
 
 nGPT keeps every weight vector along the embedding dimension at unit norm. This
 stage takes the place of ``optax.scale_by_learning_rate`` at the end of a chain:

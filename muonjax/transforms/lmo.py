@@ -335,7 +335,7 @@ def scale_by_lmo(
     dimension_numbers: dimensions.DimensionNumbersSpec = None,
     compute_dtype: Optional[jnp.dtype] = None,
 ) -> optax.GradientTransformation:
-  r"""Replace every leaf's update ``d`` by ``scale * lmo(d)`` (Scion stage S3 + S5).
+  r"""Replace every leaf's update ``d`` by ``scale * lmo(d)`` (Scion's orthogonalize and shape-scale stages in one, docs/optimizers.md#scion).
 
   Matrix LMOs (Spectral, Sign, ColNorm, RowNorm) act on each matrix of the
   leaf's ``(batch, n_in, n_out)`` view: a stacked ``(L, in, out)`` leaf gets one
@@ -391,7 +391,7 @@ def scion_momentum(alpha: float = 1.0, *,
   :func:`muonjax.momentum` with ``beta = 1 - alpha`` in EMA form, no Nesterov and
   no bias correction (the LMOs are scale-invariant, so the missing correction
   does not matter). ``alpha = 1`` keeps no buffer: the stage is the identity.
-  Never mix this with EMA-``beta`` parameterizations (EO's Scion uses beta).
+  Never mix this with EMA-``beta`` parameterizations (Emerging-Optimizers' Scion uses beta).
 
   Args:
     alpha: averaging weight of the new gradient, in ``(0, 1]`` (README: 0.1;

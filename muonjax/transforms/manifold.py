@@ -1,4 +1,4 @@
-"""Manifold stages (S4): Mano's tangent projection and slice normalization.
+"""Manifold stages (the normalize stage of Mano, docs/optimizers.md#mano): Mano's tangent projection and slice normalization.
 
 Axis names are in Flax ``(n_in, n_out)`` layout (the matrix view of
 :mod:`muonjax.transforms.dimensions`). A *slice indexed by input feature* is a

@@ -1,4 +1,4 @@
-"""Momentum stage (S1): EMA, heavy-ball SGD, bias-corrected EMA, EMA from G_1."""
+"""Momentum stage (docs/optimizers.md#momentum-forms): EMA, heavy-ball SGD, bias-corrected EMA, EMA from G_1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Momo step size (S8): the model-based truncation of the learning rate.
+"""Momo step-size stage: the model-based truncation of the learning rate.
 
 ``eta_t = min(eta, max(fbar - f* + sum <W, M>, 0) / D)`` with ``fbar`` the EMA
 of ``loss - sum <W, G>``; sums over every leaf (see :func:`momo_step_size`).
@@ -51,7 +51,7 @@ def momo_step_size(
     truncate_loss: float = 0.0,
     clamp_nonnegative: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Momo: scale the direction ``D`` by ``η_t / η`` (stage S8).
+  r"""Momo: scale the direction ``D`` by ``η_t / η`` (the Momo step-size stage).
 
   With the loss ``f`` of this step, params ``W``, gradients ``G`` and first
   moments ``M`` (sums over **all** leaves)::

@@ -1,7 +1,7 @@
-"""Stages after orthogonalization (S4) and elementwise maps before it (S2).
+"""Normalize stages (after orthogonalization) and pre-orthogonalize elementwise maps (docs/optimizers.md#stage-pipeline).
 
 All statistics are taken on the raw orthogonalized update, before any shape
-scale (EO PR #186). Axis names are in Flax ``(n_in, n_out)`` layout: "per output
+scale (Emerging-Optimizers PR #186, https://github.com/NVIDIA-NeMo/Emerging-Optimizers/pull/186). Axis names are in Flax ``(n_in, n_out)`` layout: "per output
 neuron" means one statistic per column, a reduction over axis -2.
 """
 

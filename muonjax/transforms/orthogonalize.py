@@ -1,4 +1,4 @@
-"""Orthogonalize stage (S3): replace every matrix update by its (approximate) polar factor."""
+"""Orthogonalize stage (docs/optimizers.md#orthogonalization): replace every matrix update by its (approximate) polar factor."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-r"""Input-side gradient preconditioning before momentum (stage S0): Newton-Muon.
+r"""Input-side gradient preconditioning before momentum (the input-preconditioning stage, docs/optimizers.md#stage-pipeline): Newton-Muon.
 
 Newton-Muon multiplies each raw matrix gradient by the inverse (ridge-damped)
 second moment of the layer's inputs before Muon's momentum. PyTorch weights are
@@ -247,7 +247,7 @@ def precondition_input(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Newton-Muon's input preconditioner ``G̃ = (K + γI)^{-1} G`` on the raw gradient.
 
-  Place it before momentum (stage S0). Flax layout: each leaf is viewed as
+  Place it before momentum (the input-preconditioning stage, docs/optimizers.md#stage-pipeline). Flax layout: each leaf is viewed as
   matrices ``(n_in, n_out)`` and ``K`` (``n_in × n_in``) is the second moment of
   the layer's **inputs**, so ``P = (K + γI)^{-1}`` multiplies from the left
   (``G (K + γI)^{-1}`` in the paper's PyTorch ``(out, in)`` layout).

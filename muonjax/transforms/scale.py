@@ -1,4 +1,4 @@
-"""Shape scale stage (S5): a per-leaf constant from the matrix's fan-in and fan-out."""
+"""Shape scale stage (docs/optimizers.md#shape-scale-rules): a per-leaf constant from the matrix's fan-in and fan-out."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def shape_factor(rule: ShapeRule, n_in: int, n_out: int, rms: float = 0.2) -> fl
   * ``keller``: ``sqrt(max(1, n_out / n_in))`` (Keller Muon, optax default);
   * ``rms_match``: ``rms * sqrt(max(n_in, n_out))`` (Moonlight; update RMS ~ rms);
   * ``spectral``: ``sqrt(n_out / n_in)`` (Dion, Scion; RMS->RMS geometry);
-  * ``spectral_max``: ``sqrt(max(n_in, n_out))`` (EO "spectral", no 0.2);
+  * ``spectral_max``: ``sqrt(max(n_in, n_out))`` (Emerging-Optimizers' "spectral", no 0.2);
   * ``none``: 1.
   """
   check_choice("rule", rule, RULES)
@@ -63,7 +63,7 @@ def scale_by_shape(
     dimension_numbers: as in :func:`muonjax.orthogonalize`; ``None`` leaves in a
       tree pass through unscaled.
     rms: target RMS of ``"rms_match"`` (Moonlight uses 0.2).
-    multiplier: extra constant factor (EO's ``extra_scale_factor``).
+    multiplier: extra constant factor (Emerging-Optimizers' ``extra_scale_factor``).
     overrides: ``{pattern: factor}``: a leaf whose path (its key names joined
       by ``/``, e.g. ``blocks/layers/mlp/up/kernel``) matches ``pattern``
       (``re.search``) gets ``factor`` instead of the rule's (the first

@@ -1,4 +1,4 @@
-"""Weight decay stage (S7), placed before ``scale_by_learning_rate``."""
+"""Weight decay stage (docs/optimizers.md#weight-decay), placed before ``scale_by_learning_rate``."""
 
 from __future__ import annotations
 
