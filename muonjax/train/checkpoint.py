@@ -96,6 +96,13 @@ def _fsync_dir(path: str) -> None:
     os.close(fd)
 
 
+def _sync_processes(name: str) -> None:
+  """A barrier across processes (nothing on one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def write_integrity(step_dir: str) -> dict:
   """Hashes every file of a committed step directory into its ``integrity.json``.
 
@@ -249,7 +256,9 @@ class Checkpointer:
         self.verify(step)
         return
       except CorruptCheckpointError:
-        shutil.rmtree(self._step_dir(step))
+        if jax.process_index() == 0:  # one process edits the shared folder
+          shutil.rmtree(self._step_dir(step))
+        _sync_processes(f"muonjax_checkpoint_replace_{step}")
         self._manager.reload()
     os.makedirs(self.directory, exist_ok=True)
     leaves = jax.tree.leaves(state)
@@ -258,7 +267,12 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(
         **{STATE: ocp.args.StandardSave(_flat(leaves)), META: ocp.args.JsonSave(meta)}))
     self._manager.wait_until_finished()
-    write_integrity(self._step_dir(step))
+    # Every process's shards are committed before the primary hashes them; the
+    # others wait for the record so no process reads a step without it.
+    _sync_processes(f"muonjax_checkpoint_saved_{step}")
+    if jax.process_index() == 0:
+      write_integrity(self._step_dir(step))
+    _sync_processes(f"muonjax_checkpoint_integrity_{step}")
 
   def read_meta(self, step: int) -> dict:
     """The JSON metadata of checkpoint ``step``.
