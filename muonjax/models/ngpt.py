@@ -83,7 +83,7 @@ from muonjax.models import config as checks
 from muonjax.models.blocks import CausalSelfAttention, causal_attention, dense, rope, run_stacked
 from muonjax.nnx import sphere_axes
 from muonjax.transforms.hypersphere import hypersphere
-from muonjax.transforms.validation import check_choice
+from muonjax.transforms.validation import check_choice, is_real
 
 # Smallest norm divided by; keeps Norm(0) finite (nGPT's justnorm has no guard).
 _NORM_FLOOR = 1e-12
@@ -225,8 +225,7 @@ class NGPTConfig:
                        f"{self.d_model // self.n_heads} must be even for RoPE")
     for name, positive in (("alpha_init", True), ("rope_base", True), ("gate_init", False)):
       value = getattr(self, name)
-      if (isinstance(value, bool) or not isinstance(value, (int, float))
-          or not math.isfinite(value) or (positive and value <= 0)):
+      if not is_real(value) or not math.isfinite(value) or (positive and value <= 0):
         kind = "a positive finite float" if positive else "a finite float"
         raise ValueError(f"{cls}.{name} must be {kind}; got {value!r}")
     for name in ("gated", "remat"):

@@ -94,8 +94,9 @@ def mesh_for(config: TrainConfig) -> Optional[jax.sharding.Mesh]:
 
 
 def _place(tree: Any, shardings: Any) -> Any:
-  """``jax.device_put(tree, shardings)``; with several processes each builds its
-  addressable shards from its own (identical) copy of the values."""
+  """``jax.device_put(tree, shardings)``: global arrays from whole values present in
+  every process (with several processes each builds its addressable shards from
+  its own, identical, copy of the values)."""
   if jax.process_count() == 1:
     return jax.device_put(tree, shardings)
 
@@ -231,7 +232,7 @@ class Engine:
       return jnp.asarray(x.reshape(shape), jnp.int32), jnp.asarray(y.reshape(shape), jnp.int32)
     rows = config.batch_size * config.grad_accum
     if x.shape[0] == rows and jax.process_count() > 1:  # the whole global batch
-      return tuple(_put_global(a.astype(np.int32), self.batch_sharding) for a in (x, y))
+      return tuple(_place(a.astype(np.int32), self.batch_sharding) for a in (x, y))
     out = distributed.shard_batch(dict(inputs=x.astype(np.int32), targets=y.astype(np.int32)),
                                self.mesh)
     return out["inputs"], out["targets"]
@@ -252,16 +253,9 @@ class Engine:
     if self.mesh is None:
       return jnp.asarray(x), jnp.asarray(y)
     if count == 1:
-      return tuple(_put_global(a, self.stacked_sharding) for a in (x, y))
+      return tuple(_place(a, self.stacked_sharding) for a in (x, y))
     return tuple(jax.make_array_from_process_local_data(self.stacked_sharding, a,
                                                         (k, micro, seq)) for a in (x, y))
-
-
-def _put_global(value: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
-  """A global array from the whole value (present in every process)."""
-  if jax.process_count() == 1:
-    return jax.device_put(value, sharding)
-  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def lower_train_step(config: TrainConfig, *, vocab_size: Optional[int] = None,
