@@ -3,6 +3,8 @@
 import json
 import math
 
+import pytest
+
 from muonjax import bench
 
 
@@ -10,6 +12,7 @@ def _positive_finite(x):
   return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.e2e  # the whole `muonjax bench --quick` command (~25 s): CI's second tier
 def test_bench_quick_writes_every_section(tmp_path, capsys):
   assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
   results = json.loads((tmp_path / "orthogonalize.json").read_text())

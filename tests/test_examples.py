@@ -19,6 +19,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOSS = r"([-+0-9.eE]+|nan|inf)"
 
 
+# Each example runs as a subprocess, as a user runs it: CI's second tier.
+pytestmark = pytest.mark.e2e
+
+
 def run_example(name: str, *args: str) -> str:
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
   proc = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args],

@@ -607,6 +607,7 @@ TRAIN_BATCH = (tokens(3, batch=4)[:, :-1], tokens(3, batch=4)[:, 1:])
 
 
 @nnx.jit
+@nnx.jit  # one compiled program instead of op-by-op dispatch of the looped scan
 def loss_and_grads(model, inputs, targets, key):
   return nnx.value_and_grad(
       lambda m: models.loss_and_metrics(m, inputs, targets, key=key), has_aux=True)(model)

@@ -85,6 +85,7 @@ def compilation_cache(tmp_path):
   yield from helpers.persistent_compilation_cache(str(tmp_path / "xla"))
 
 
+@pytest.mark.e2e  # six short training runs end to end (~20 s): CI's second tier
 def test_tune_preset_compiles_once_per_optimizer(tmp_path, compilation_cache):
   misses = []
 
