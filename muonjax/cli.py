@@ -297,8 +297,7 @@ def _read_tune(path: str) -> dict:
 def _run_tune(preset, out: str, args) -> dict:
   from muonjax import tune
 
-  tune.check_budget(args.budget)  # before the cache setting changes anything
-  tune.use_compilation_cache(args.cache)
+  tune.use_compilation_cache(args.cache)  # callers checked the budget already
   progress = _Progress(args.quiet)
   payload = tune.tune_preset(preset, out, budget=args.budget,
                              on_run=lambda name, lr: progress(f"{name} lr {lr:g}", preset.steps))

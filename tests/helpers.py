@@ -81,6 +81,17 @@ def assert_close(actual, expected, rtol=1e-4, floor=1e-1):
                              rtol=rtol, atol=rtol * floor * np.max(np.abs(expected)))
 
 
+def assert_leaves_rel_close(actual, expected, rtol, what=""):
+  """Per leaf of a dict: max |a - e| <= rtol * max |e| (relative to the leaf's scale)."""
+  for k in expected:
+    e = np.asarray(expected[k], np.float64)
+    a = np.asarray(actual[k], np.float64)
+    scale = max(np.max(np.abs(e)), 1e-30)
+    err = np.max(np.abs(a - e))
+    assert err <= rtol * scale, (f"{what + ' ' if what else ''}leaf {k}: max err {err:.3g} > "
+                                 f"{rtol} * {scale:.3g}")
+
+
 # --- stepping -----------------------------------------------------------------
 
 

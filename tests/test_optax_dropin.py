@@ -80,15 +80,6 @@ def _pair(name):
   return (mj.muon(LR, compat="optax", **kwargs), optax.contrib.muon(LR, **kwargs))
 
 
-def assert_rel_close(actual, expected, rtol, what):
-  for k in expected:
-    e = np.asarray(expected[k], np.float64)
-    a = np.asarray(actual[k], np.float64)
-    scale = max(np.max(np.abs(e)), 1e-30)
-    err = np.max(np.abs(a - e))
-    assert err <= rtol * scale, f"{what} leaf {k}: max err {err:.3g} > {rtol} * {scale:.3g}"
-
-
 def test_cases_cover_every_optax_keyword():
   names = set(inspect.signature(optax.contrib.muon).parameters) - {"learning_rate"}
   covered = {"muon_weight_dimension_numbers"}.union(*(set(kw) for _, kw in CASES))
@@ -121,7 +112,7 @@ class DropInTest(chex.TestCase):
     a = helpers.run_steps(ours, params, grads, self.variant(ours.update))
     b = helpers.run_steps(ref, params, grads, self.variant(ref.update))
     for t in range(STEPS):
-      assert_rel_close(a.updates[t], b.updates[t], 1e-5, f"{name} step {t}")
+      helpers.assert_leaves_rel_close(a.updates[t], b.updates[t], 1e-5, f"{name} step {t}")
 
 
 def test_optax_names_without_compat_mean_the_same():

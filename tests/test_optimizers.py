@@ -54,16 +54,6 @@ def grads_like(params, seed):
   return {k: jnp.asarray(rng.standard_normal(v.shape), jnp.float32) for k, v in params.items()}
 
 
-def assert_leaves_rel_close(actual, expected, rtol):
-  """Per leaf: max |a - e| <= rtol * max |e| (relative to the leaf's scale)."""
-  for k in expected:
-    e = np.asarray(expected[k], np.float64)
-    a = np.asarray(actual[k], np.float64)
-    scale = max(np.max(np.abs(e)), 1e-30)
-    err = np.max(np.abs(a - e))
-    assert err <= rtol * scale, f"leaf {k}: max err {err:.3g} > {rtol} * {scale:.3g}"
-
-
 def run_steps(tx, params, n, update=None, seed0=0):
   """``n`` steps from zero state on ``grads_like(params, seed0 + t)``."""
   grads = [grads_like(params, seed0 + t) for t in range(n)]
@@ -93,8 +83,8 @@ class OptaxCompatTest(chex.TestCase):
     pa, ua, _ = run_steps(a, params, 5, self.variant(a.update))
     pb, ub, _ = run_steps(b, params, 5, self.variant(b.update))
     for t in range(5):
-      assert_leaves_rel_close(ua[t], ub[t], 1e-5)
-    assert_leaves_rel_close(pa, pb, 1e-5)
+      helpers.assert_leaves_rel_close(ua[t], ub[t], 1e-5)
+    helpers.assert_leaves_rel_close(pa, pb, 1e-5)
 
   @chex.variants(without_jit=True)
   def test_matches_optax_contrib_muon_eager(self):
@@ -103,8 +93,8 @@ class OptaxCompatTest(chex.TestCase):
     pa, ua, _ = run_steps(a, params, 1, self.variant(a.update))
     pb, ub, _ = run_steps(b, params, 1, self.variant(b.update))
     for t in range(1):
-      assert_leaves_rel_close(ua[t], ub[t], 1e-5)
-    assert_leaves_rel_close(pa, pb, 1e-5)
+      helpers.assert_leaves_rel_close(ua[t], ub[t], 1e-5)
+    helpers.assert_leaves_rel_close(pa, pb, 1e-5)
 
   def test_optax_nesterov_flag_also_drives_its_adam_branch(self):
     # optax's nesterov=False turns off Nesterov in *both* branches; under compat="optax"
@@ -115,7 +105,7 @@ class OptaxCompatTest(chex.TestCase):
     b = _cached("optax", 0.02, (("nesterov", False),))
     _, ua, _ = run_steps(a, params, 2, jit_update(a))
     _, ub, _ = run_steps(b, params, 2, jit_update(b))
-    assert_leaves_rel_close(ua[-1], ub[-1], 1e-5)
+    helpers.assert_leaves_rel_close(ua[-1], ub[-1], 1e-5)
     c = muon_tx(0.02, compat="optax", nesterov=False, adam_nesterov=True)
     _, uc, _ = run_steps(c, params, 2, jit_update(c))
     assert np.max(np.abs(np.asarray(uc[-1]["bias"]) - np.asarray(ub[-1]["bias"]))) > 1e-4
@@ -156,8 +146,8 @@ class KellerReferenceTest(chex.TestCase):
     upd, _ = self.variant(tx.update)(grads, tx.init(params), params)
     ref = keller_one_step_reference(params, grads, lr)
     ref_upd = {k: ref[k] - np.asarray(params[k], np.float64) for k in ref}
-    assert_leaves_rel_close(upd, ref_upd, 1e-5)
-    assert_leaves_rel_close(optax.apply_updates(params, upd), ref, 1e-6)
+    helpers.assert_leaves_rel_close(upd, ref_upd, 1e-5)
+    helpers.assert_leaves_rel_close(optax.apply_updates(params, upd), ref, 1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_one_step_bf16_default(self):
@@ -183,7 +173,7 @@ class KellerReferenceTest(chex.TestCase):
         assert ours_err <= 1.5 * torch_err + 0.02, (k, ours_err, torch_err)
         assert ours_err < 0.2, k
         assert a @ e / (np.linalg.norm(a) * np.linalg.norm(e)) > 0.98, k
-      assert_leaves_rel_close({"bias": upd["bias"]}, {"bias": d_f64["bias"]}, 1e-5)
+      helpers.assert_leaves_rel_close({"bias": upd["bias"]}, {"bias": d_f64["bias"]}, 1e-5)
 
 
 # --------------------------------------------------------------------------------------
