@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-import muonjax as mj
+from muonjax import optimizers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +79,7 @@ def train(cfg: DemoConfig, tx: optax.GradientTransformation) -> jax.Array:
 def run(cfg: DemoConfig = DemoConfig(), print_fn: Callable[[str], None] = print) -> dict:
   """Train with both optimizers and print a side-by-side table."""
   runs = {
-      f"muon (lr {cfg.muon_lr})": mj.muon(cfg.muon_lr),
+      f"muon (lr {cfg.muon_lr})": optimizers.muon(cfg.muon_lr),
       f"adamw (lr {cfg.adamw_lr})": optax.adamw(cfg.adamw_lr),
   }
   results = {}

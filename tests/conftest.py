@@ -8,6 +8,12 @@ import the shared code as ``import references`` (NumPy float64 oracles) and
 import jax
 import pytest
 
+# The in-process tests check numerics and program properties, not speed, and spend
+# most of their CPU time in XLA's optimizing passes: they compile with most of those
+# passes off (about a third less CPU for the suite). The subprocess runs of the e2e
+# tier (CLI, studies, multi-process training) compile with the full pipeline users get.
+jax.config.update("jax_disable_most_optimizations", True)
+
 # Plain `assert`s inside the shared checks get pytest's detailed failure messages.
 pytest.register_assert_rewrite("helpers", "references")
 

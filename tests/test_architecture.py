@@ -1,12 +1,17 @@
-"""Import floors: the optimizer core imports no flax and nothing above it (floors below).
+"""Import floors: every module imports only its own floor and the floors below, with no
+cycles; the optimizer core imports no flax.
 
-Floors: orthogonalization, kernels (0) → transforms (1) → optimizers, routing
-(2, the optimizer core) → nnx glue (2') → models (3) → data, train (4) → apps.
+Floors (``FLOORS``): orthogonalization, kernels (0) → transforms (1) → optimizers,
+routing (2; floors 0–2 are the optimizer core) → the Flax glue, distributed
+Newton–Schulz and test helpers (3) → models (4) → data (5) → train (6) → the apps
+(7: CLI, compare, tune, sweep, study, report, bench, demo). The package's own
+``__init__`` is the façade over every floor and is not on one.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 import subprocess
 import sys
@@ -43,6 +48,92 @@ def within(name: str, prefixes) -> bool:
 
 
 FILES = sorted(PACKAGE.rglob("*.py"))
+MODULES = {module_name(p) for p in FILES}
+
+FLOORS = {
+    "muonjax.orthogonalization": 0, "muonjax.kernels": 0,
+    "muonjax.transforms": 1,
+    "muonjax.routing": 2, "muonjax.optimizers": 2,
+    "muonjax.nnx": 3, "muonjax.distributed": 3, "muonjax.testing": 3,
+    "muonjax.models": 4,
+    "muonjax.data": 5,
+    "muonjax.train": 6,
+    "muonjax.cli": 7, "muonjax.__main__": 7, "muonjax.compare": 7, "muonjax.tune": 7,
+    "muonjax.sweep": 7, "muonjax.study": 7, "muonjax.report": 7, "muonjax.intervals": 7,
+    "muonjax.bench": 7, "muonjax.demo": 7,
+}
+
+
+def floor(mod: str):
+  """The floor of a module of the package (``None`` for the top-level façade)."""
+  for prefix, level in FLOORS.items():
+    if within(mod, (prefix,)):
+      return level
+  return None
+
+
+def resolve(target: str, names) -> list[str]:
+  """The package modules an import statement reaches: ``from a.b import c`` reaches the
+  module ``a.b.c`` when there is one, else ``a.b``. ``from muonjax import __version__``
+  reaches no floor."""
+  if not within(target, ("muonjax",)):
+    return []
+  if target == "muonjax" and names and all(n.startswith("__") for n in names):
+    return []
+  out = [f"{target}.{n}" for n in names if f"{target}.{n}" in MODULES]
+  if len(out) < len(names) or not names:
+    out.append(target)
+  return out
+
+
+@functools.cache
+def graph() -> dict[str, set[str]]:
+  """Module → the package modules it imports (module level and inside functions)."""
+  edges = {}
+  for path in FILES:
+    mod = module_name(path)
+    edges[mod] = {t for target, names in imports(path) for t in resolve(target, names)
+                  if t != mod}
+  return edges
+
+
+def test_every_module_is_on_a_floor():
+  missing = sorted(m for m in MODULES if m != "muonjax" and floor(m) is None)
+  assert not missing, f"modules on no floor (add them to FLOORS): {missing}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_import_reaches_a_higher_floor(path):
+  mod = module_name(path)
+  if mod == "muonjax":
+    return  # the façade re-exports every floor
+  for target in graph()[mod]:
+    assert target != "muonjax", f"{mod} imports the top-level package (import the module)"
+    assert floor(target) <= floor(mod), (
+        f"{mod} (floor {floor(mod)}) imports {target} (floor {floor(target)})")
+
+
+def test_no_import_cycles():
+  edges = graph()
+  edges.pop("muonjax")  # the façade
+  state: dict[str, int] = {}  # 1: on the current path, 2: done
+  path: list[str] = []
+
+  def visit(node):
+    state[node] = 1
+    path.append(node)
+    for nxt in sorted(edges.get(node, ())):
+      if state.get(nxt) == 1:
+        cycle = path[path.index(nxt):] + [nxt]
+        raise AssertionError("import cycle: " + " -> ".join(cycle))
+      if nxt in edges and nxt not in state:
+        visit(nxt)
+    path.pop()
+    state[node] = 2
+
+  for node in sorted(edges):
+    if node not in state:
+      visit(node)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))

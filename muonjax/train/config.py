@@ -192,15 +192,15 @@ class TrainConfig:
                        f"is shorter than seq_len={self.seq_len}")
 
   def _check_optimizer(self) -> None:
-    import muonjax as mj
-    if self.optimizer not in mj.OPTIMIZERS:
+    from muonjax import optimizers
+    if self.optimizer not in optimizers.OPTIMIZERS:
       raise ValueError(f"TrainConfig.optimizer: unknown optimizer {self.optimizer!r}; "
-                       f"known: {sorted(mj.OPTIMIZERS)}")
+                       f"known: {sorted(optimizers.OPTIMIZERS)}")
     if "learning_rate" in self.optimizer_hparams:
       raise ValueError("TrainConfig.optimizer_hparams must not contain 'learning_rate'; "
                        "set TrainConfig.learning_rate")
     try:  # unknown or out-of-range hyperparameters fail now, not after data loading
-      mj.get_optimizer(self.optimizer, learning_rate=self.learning_rate,
+      optimizers.get_optimizer(self.optimizer, learning_rate=self.learning_rate,
                        **self.optimizer_hparams)
     except (ValueError, TypeError) as e:
       raise ValueError(f"TrainConfig.optimizer_hparams: {e}") from None

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import muonjax as mj
-from muonjax import distributed, models
+from muonjax import distributed, models, optimizers
 from muonjax.train.config import TrainConfig
 from muonjax.train.optimizer import (
     build_optimizer,
@@ -150,7 +149,7 @@ class Engine:
     accum, micro, seq = config.grad_accum, config.batch_size, config.seq_len
     kwargs = dict(labels=labels, grad_accum=accum,
                   seed=config.seed,
-                  pass_value=mj.get_spec(config.optimizer).needs_value,
+                  pass_value=optimizers.get_spec(config.optimizer).needs_value,
                   extra_args_fn=extra_args_fn)
     self._stats_due = statistics_schedule(config)
     steps = {False: build_train_step(self.graphdef, **kwargs)}

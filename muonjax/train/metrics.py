@@ -133,8 +133,8 @@ def versions() -> dict[str, str]:
       out[name] = md.version(name)
     except md.PackageNotFoundError:
       pass
-  import muonjax
-  out["muonjax"] = muonjax.__version__
+  from muonjax import __version__
+  out["muonjax"] = __version__
   return out
 
 

@@ -9,7 +9,7 @@ import jax
 import optax
 from flax import nnx
 
-import muonjax as mj
+from muonjax import optimizers
 from muonjax.models import hooks
 from muonjax.train.config import TrainConfig
 from muonjax.train.schedules import schedule_for
@@ -47,7 +47,7 @@ def statistics_schedule(config: TrainConfig) -> Optional[Callable[[int], bool]]:
   its preconditioner's refresh steps, so the extra backward work is paid once
   every ``refresh_every`` updates.
   """
-  spec = mj.get_spec(config.optimizer)
+  spec = optimizers.get_spec(config.optimizer)
   return spec.activation_stats_schedule(config.optimizer_hparams)
 
 
@@ -63,7 +63,7 @@ def param_labels(model: nnx.Module, optimizer: str,
   """
   params = nnx.state(model, nnx.Param)
   n = len(jax.tree.leaves(params))
-  spec = mj.get_spec(optimizer)
+  spec = optimizers.get_spec(optimizer)
   labels = jax.tree.leaves(spec.param_labels(params, dict(hparams or {})))
   if len(labels) != n:
     raise RuntimeError(f"routing labelled {len(labels)} leaves of {n}")
@@ -90,7 +90,7 @@ def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     scheduled = {"learning_rate": lambda count: learning_rate * shape(count)}
     if adam_learning_rate is not None:
       scheduled["adam_learning_rate"] = lambda count: adam_learning_rate * shape(count)
-    return mj.get_optimizer(config.optimizer, **scheduled, **hparams)
+    return optimizers.get_optimizer(config.optimizer, **scheduled, **hparams)
 
   base = factory(**peaks)  # bad hyperparameters fail here, not at init
   tx = optax.inject_hyperparams(factory)(**peaks)

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("fp32_matmuls")
 
 SMALL = {"block": 16, "block_k": 16}
 KELLER = (3.4445, -4.7750, 2.0315)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _normal(shape, seed=0, dtype=jnp.float32):

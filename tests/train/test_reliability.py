@@ -33,7 +33,7 @@ from muonjax.transforms import validation
 
 import helpers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32)
 
 

@@ -26,7 +26,7 @@ import muonjax as mj
 from muonjax import distributed as sh
 from muonjax.testing import hlo as audit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_DEVICES = 8
 STEPS = 20
 

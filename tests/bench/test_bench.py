@@ -89,7 +89,7 @@ def test_python_m_entry_point_parses_arguments():
   import subprocess
   import sys
   from pathlib import Path
-  root = Path(__file__).resolve().parents[1]
+  root = Path(__file__).resolve().parents[2]
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       [str(root)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
   proc = subprocess.run([sys.executable, "-m", "muonjax.bench", "--help"], env=env,

@@ -15,7 +15,7 @@ from muonjax.train import Checkpointer, TrainConfig, read_jsonl, train
 
 import helpers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32)
 
 # Runs 20 steps of the config in argv[1] and SIGKILLs itself right after the

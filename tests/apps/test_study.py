@@ -23,7 +23,7 @@ from muonjax import compare, models, report, study
 from muonjax.models.ngpt import sphere_projection
 from muonjax.train import TrainConfig, build_optimizer, lower_train_step, schedule_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_GPT = dict(vocab_size=64, d_model=16, n_layers=1, n_heads=2, d_ff=32)
 
 
