@@ -279,11 +279,13 @@ def _comparison_preset(args):
       changes[name] = getattr(args, name)
   if args.seeds is not None:
     changes["seeds"] = tuple(args.seeds)
+  if args.baseline_length is not None:
+    changes["baseline_length"] = args.baseline_length
   if args.mesh is not None:
     changes["mesh"] = args.mesh
   if "adamw" not in optimizers:
     changes["baseline"] = next(iter(optimizers))
-  return dataclasses.replace(preset, **changes)
+  return compare.check_preset(dataclasses.replace(preset, **changes))
 
 
 def _read_tune(path: str) -> dict:
@@ -328,13 +330,15 @@ def _compare(args) -> int:
     preset = dataclasses.replace(
         preset, optimizers=tune.tuned_optimizers(preset.optimizers, tuned))
   out = _run_dir(args.out, "compare")
+  tune.use_compilation_cache(args.cache)  # the seeds of one optimizer compile once
   if args.tune:
     tuned = _run_tune(preset, os.path.join(out, "tune"), args)
     preset = dataclasses.replace(
         preset, optimizers=tune.tuned_optimizers(preset.optimizers, tuned))
   progress = _Progress(args.quiet)
   payload = compare.run_comparison(
-      preset, out, on_run=lambda name, seed: progress(f"{name} seed {seed}", preset.steps))
+      preset, out, on_run=lambda name, seed: progress(f"{name} seed {seed}",
+                                                      compare.steps_of(preset, name)))
   print(payload["header"])
   print(payload["table"])
   print(f"wrote {os.path.join(out, 'results.json')}, table.md, curves.png")
@@ -402,7 +406,7 @@ def _add_train_flags(p, *, lr: bool = True) -> None:
 
 
 def _add_comparison_flags(p) -> None:
-  p.add_argument("--preset", default="default", help="default | smoke")
+  p.add_argument("--preset", default="default", help="default | loopformer | smoke")
   p.add_argument("--model")
   p.add_argument("--set", action="append", metavar="FIELD=VALUE")
   p.add_argument("--optimizers", type=_csv, help="comma-separated optimizer names")
@@ -413,11 +417,14 @@ def _add_comparison_flags(p) -> None:
   p.add_argument("--seq-len", type=_positive_int)
   p.add_argument("--eval-every", type=_positive_int)
   p.add_argument("--seeds", type=lambda t: _csv(t, int))
+  p.add_argument("--baseline-length", type=float, metavar="X",
+                 help="the baseline trains X times the steps (speed-ups are interpolated on "
+                 "its curve; X > 1 needs the constant schedule)")
   p.add_argument("--data")
   p.add_argument("--mesh", type=_mesh, metavar="data=D,fsdp=F", help=_MESH_HELP)
   p.add_argument("--budget", type=_positive_int, default=7,
                  help="tuning: runs per optimizer, the same for every one (>= 3)")
-  p.add_argument("--cache", help="tuning: JAX compilation cache folder "
+  p.add_argument("--cache", help="JAX compilation cache folder "
                  "(default ~/.cache/muonjax/xla)")
   p.add_argument("--out")
   p.add_argument("--quiet", action="store_true")

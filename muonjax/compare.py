@@ -21,12 +21,13 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from muonjax import report
 
-# The default comparison: a tiny LoopFormer (2 shared blocks looped 4 times) on
-# the Python standard library's source, every looped-study optimizer, one seed.
-# Learning rates: AdamW's usual small-model 3e-3 and Muon-family 0.02 (the
-# aliases' own defaults where they have one); `muonjax tune` on this preset
-# is how to tune them. The non-matrix leaves (embeddings, head, norms,
-# LoopFormer's conditioning) train with SHARED_ADAM in every arm.
+# The default comparison: a small GPT (2 layers, d_model 64, 131k parameters) on
+# the Python standard library's source, six optimizers, three seeds. Learning
+# rates: the best of `muonjax tune` on this preset (committed in
+# experiments/results/compare/tune/, reproduced by
+# `muonjax tune --out experiments/results/compare/tune`); a test checks they
+# are still the ones that result chose. The non-matrix leaves (embeddings,
+# head, norms) train with SHARED_ADAM in every arm.
 DEFAULT_OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adamw": {"learning_rate": 3e-3},
     "muon": {"learning_rate": 0.02},
@@ -48,9 +49,8 @@ SHARED_ADAM: dict[str, float] = {"learning_rate": 3e-3, "b1": 0.9, "b2": 0.95, "
 class ComparePreset:
   """What every run of a comparison shares (see :class:`muonjax.train.TrainConfig`)."""
 
-  model: str = "loopformer"
-  model_fields: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(
-      d_model=64, n_layers=2, n_heads=4, d_ff=256, n_loops=4, freq_dim=32))
+  model: str = "gpt"
+  model_fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   optimizers: Mapping[str, Mapping[str, Any]] = dataclasses.field(
       default_factory=lambda: {k: dict(v) for k, v in DEFAULT_OPTIMIZERS.items()})
   steps: int = 200
@@ -67,15 +67,77 @@ class ComparePreset:
   # AdamW of the non-matrix leaves in every arm (None: each optimizer's own defaults).
   shared_adam: Optional[Mapping[str, float]] = dataclasses.field(
       default_factory=lambda: dict(SHARED_ADAM))
+  # The baseline trains baseline_length × steps, so that "the baseline's steps to
+  # reach an arm's final loss" is interpolated on its curve, not extrapolated.
+  # Above 1 this needs the "constant" schedule (see check_preset).
+  baseline_length: float = 1.0
+  # Timed steps per arm and round of the interleaved timing (0: no timing).
+  timing_repeats: int = 20
+
+
+def check_preset(preset: ComparePreset) -> ComparePreset:
+  """``preset`` if its comparison is well posed, else ``ValueError`` naming the field.
+
+  A baseline longer than the arms (``baseline_length > 1``) needs a schedule
+  whose rate at a step does not depend on the run's length (``"constant"``,
+  after its warm-up), so that the baseline's curve up to ``steps`` is the run
+  it would have had at the arms' length; and an evaluation at ``steps``
+  (``eval_every`` dividing it), where its loss is compared with the arms'.
+  """
+  if preset.baseline not in preset.optimizers:
+    raise ValueError(f"ComparePreset.baseline={preset.baseline!r} is not one of the optimizers "
+                     f"{list(preset.optimizers)}")
+  length = preset.baseline_length
+  if isinstance(length, bool) or not isinstance(length, (int, float)) or not length >= 1:
+    raise ValueError(f"ComparePreset.baseline_length must be a number >= 1; got {length!r}")
+  if length > 1:
+    if preset.schedule != "constant":
+      raise ValueError(f"ComparePreset.baseline_length={length} needs schedule='constant' "
+                       f"(got {preset.schedule!r}): with a schedule that depends on the run's "
+                       "length the longer baseline's curve is not its run at the arms' length")
+    if not preset.eval_every or preset.steps % preset.eval_every:
+      raise ValueError(f"ComparePreset.baseline_length={length} needs eval_every to divide "
+                       f"steps={preset.steps} (got {preset.eval_every}): the baseline is "
+                       "compared at the arms' last step")
+  if isinstance(preset.timing_repeats, bool) or not isinstance(preset.timing_repeats, int) \
+      or preset.timing_repeats < 0:
+    raise ValueError(f"ComparePreset.timing_repeats must be an integer >= 0; got "
+                     f"{preset.timing_repeats!r}")
+  return preset
+
+
+def steps_of(preset: ComparePreset, optimizer: str) -> int:
+  """How many steps ``optimizer``'s runs train (the baseline: ``baseline_length`` × steps)."""
+  if optimizer == preset.baseline:
+    return int(round(preset.steps * preset.baseline_length))
+  return preset.steps
 
 
 PRESETS: dict[str, ComparePreset] = {
-    "default": ComparePreset(),
+    # A small GPT (131k parameters): three seeds, 200 steps of 16×64 tokens per
+    # arm, the AdamW baseline twice as long; linear warm-up then a constant
+    # rate (a rate that does not depend on the run's length, so the longer
+    # baseline's curve holds its run at every shorter length); an evaluation
+    # every 10 steps on 16 × 16 × 64 = 16,384 held-out tokens.
+    "default": ComparePreset(
+        model="gpt", model_fields=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256),
+        steps=200, batch_size=16, seq_len=64, schedule="constant", warmup_steps=10,
+        eval_every=10, eval_batches=16, seeds=(0, 1, 2), baseline_length=2.0),
+    # The default before the GPT one: the same six optimizers on a tiny LoopFormer
+    # (2 shared blocks looped 4 times), untuned rates, one seed. AdamW and AdaMuon
+    # stall between the unigram and bigram losses there while Muon escapes
+    # (experiments/results/compare/loopformer/): kept as a finding, not a benchmark.
+    "loopformer": ComparePreset(
+        model="loopformer", model_fields=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256,
+                                              n_loops=4, freq_dim=32),
+        steps=200, batch_size=8, seq_len=64, schedule="cosine", warmup_steps=10, eval_every=25,
+        eval_batches=4, seeds=(0,)),
     # Seconds, not minutes: the CI test of the whole command.
     "smoke": ComparePreset(
         model="gpt", model_fields=dict(d_model=16, n_layers=1, n_heads=2, d_ff=32),
         optimizers={"adamw": {"learning_rate": 3e-3}, "muon": {"learning_rate": 0.02}},
-        steps=5, batch_size=4, seq_len=16, warmup_steps=0, eval_every=5, eval_batches=1),
+        steps=5, batch_size=4, seq_len=16, schedule="constant", warmup_steps=0, eval_every=5,
+        eval_batches=1, seeds=(0,), baseline_length=2.0, timing_repeats=3),
 }
 
 
@@ -124,7 +186,8 @@ def train_config(preset: ComparePreset, optimizer: str, seed: int, *,
   return TrainConfig(
       model=preset.model, model_fields=fields,
       optimizer=name, optimizer_hparams=hparams, learning_rate=learning_rate,
-      schedule=preset.schedule, warmup_steps=preset.warmup_steps, steps=preset.steps,
+      schedule=preset.schedule, warmup_steps=preset.warmup_steps,
+      steps=steps_of(preset, optimizer),
       batch_size=preset.batch_size, seq_len=preset.seq_len, eval_every=preset.eval_every,
       eval_batches=preset.eval_batches, seed=seed, data=preset.data, log_path=log_path,
       mesh=None if preset.mesh is None else dict(preset.mesh))
@@ -171,13 +234,21 @@ def _history_pairs(result: Mapping[str, Any]) -> list[list[float]]:
   return [[h["step"], h["eval_loss"]] for h in result["eval_history"]]
 
 
-def summary(result: Mapping[str, Any]) -> dict:
-  """What the report keeps of one :func:`muonjax.train.train` result (or diverged run)."""
+def summary(result: Mapping[str, Any], at_step: Optional[int] = None) -> dict:
+  """What the report keeps of one :func:`muonjax.train.train` result (or diverged run).
+
+  ``at_step``: the step whose evaluation is the run's "final" loss (a longer
+  baseline is compared at the arms' last step); its whole curve is kept.
+  """
   if result.get("diverged"):
     return dict(final_val_loss=None, final_val_accuracy=None, time_per_step=None,
                 eval_history=[], diverged=True)
-  return dict(final_val_loss=result["final_val_loss"],
-              final_val_accuracy=result.get("final_val_accuracy"),
+  final = dict(eval_loss=result["final_val_loss"], eval_accuracy=result.get("final_val_accuracy"))
+  if at_step is not None:
+    final = next((h for h in result["eval_history"] if h["step"] == at_step), None)
+    if final is None:
+      raise ValueError(f"the run has no evaluation at step {at_step}")
+  return dict(final_val_loss=final["eval_loss"], final_val_accuracy=final.get("eval_accuracy"),
               time_per_step=result["time_per_step"], eval_history=_history_pairs(result))
 
 
@@ -195,12 +266,10 @@ def run_comparison(preset: ComparePreset, out_dir: str, *,
   Returns:
     The dict written to ``results.json``.
   """
-  from muonjax import data
+  from muonjax import data, step_timing
   from muonjax.train import NonFiniteLossError, train
 
-  if preset.baseline not in preset.optimizers:
-    raise ValueError(f"baseline {preset.baseline!r} is not one of the optimizers "
-                     f"{list(preset.optimizers)}")
+  check_preset(preset)
   results_path = os.path.join(out_dir, "results.json")
   if os.path.exists(results_path):
     raise ValueError(f"{results_path} already exists; choose another --out")
@@ -221,11 +290,18 @@ def run_comparison(preset: ComparePreset, out_dir: str, *,
                     final_val_accuracy=None, time_per_step=None, eval_history=[],
                     config=config.to_dict())
     runs[name].append(result)
+  timing = None
+  if preset.timing_repeats:
+    seed = preset.seeds[0]
+    timing = step_timing.time_arms(
+        {name: configs[name, seed] for name in preset.optimizers}, corpus, preset.baseline,
+        repeats=preset.timing_repeats)
   payload = {
       "preset": dataclasses.asdict(preset) | {"seeds": list(preset.seeds)},
       "wall_time": time.perf_counter() - start,
       "references": references,
       "asymmetric": asymmetries(preset),
+      "timing": timing,
       "runs": runs,
   }
   return write_report(payload, out_dir)
@@ -255,19 +331,26 @@ def write_report(payload: dict, out_dir: str) -> dict:
   training). Returns the updated payload.
   """
   preset, runs = payload["preset"], payload["runs"]
-  summaries = {name: [summary(r) for r in results] for name, results in runs.items()}
-  rows = report.comparison_rows(summaries, baseline=preset["baseline"])
-  table = report.markdown_table(rows, baseline=preset["baseline"],
-                                references=payload.get("references"))
+  baseline, steps = preset["baseline"], preset["steps"]
+  longer = preset.get("baseline_length", 1) > 1
+  summaries = {name: [summary(r, at_step=steps if longer and name == baseline else None)
+                      for r in results] for name, results in runs.items()}
+  timing = (payload.get("timing") or {}).get("arms")
+  rows = report.comparison_rows(summaries, baseline=baseline, timing=timing)
+  table = report.markdown_table(rows, baseline=baseline, references=payload.get("references"),
+                                timing=payload.get("timing"))
   first = next((r for results in runs.values() for r in results if not r.get("diverged")),
                None)
   if first is None:
     raise ValueError(f"every run of the comparison in {out_dir} diverged")
   machine, versions = first["machine"], first["versions"]
-  tokens = preset["steps"] * preset["batch_size"] * preset["seq_len"]
+  tokens = steps * preset["batch_size"] * preset["seq_len"]
   header = (f"model {preset['model']} ({first['n_params']:,} params), {preset['steps']} steps × "
-            f"{preset['batch_size']}×{preset['seq_len']} tokens = {tokens:,} tokens, "
-            f"seeds {list(preset['seeds'])}, "
+            f"{preset['batch_size']}×{preset['seq_len']} tokens = {tokens:,} tokens"
+            + (f" (the baseline {baseline}: {int(round(steps * preset['baseline_length']))} "
+               f"steps, compared at step {steps}, its whole curve for the speed-up)"
+               if longer else "")
+            + f", seeds {list(preset['seeds'])}, "
             f"data {first['data'].get('kind')} (sha256 {str(first['data'].get('sha256'))[:12]}), "
             f"{machine.get('device_kind', '')} × {machine.get('device_count', 1)} "
             f"({machine.get('cpu_count')} CPUs, {machine.get('platform', '')}), "
@@ -278,6 +361,12 @@ def write_report(payload: dict, out_dir: str) -> dict:
                + " in every arm")
     for entry, why in payload.get("asymmetric", {}).items():
       header += f"; asymmetric arm {entry}: {why}"
+  timing = payload.get("timing")
+  header += ("; time/step: " + (
+      f"interleaved in one process ({timing['rounds']} rounds of "
+      f"{'/'.join(map(str, timing['repeats']))} steps per arm, same batches), update share = 1 − t(forward+backward) / t(step)" if timing
+      else "medians of each run's own steps, runs one after another (not comparable "
+      "between machines or loads)"))
   report.plot_curves(summaries, os.path.join(out_dir, "curves.png"), title=f"{preset['model']}")
   with open(os.path.join(out_dir, "table.md"), "w") as f:
     f.write(header + "\n\n" + table + "\n")

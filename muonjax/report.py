@@ -5,7 +5,9 @@ seeds), its paired difference to the baseline with a 95 % interval and a
 verdict (better / worse / tie by the interval, :mod:`muonjax.intervals`), the
 speed-up over the baseline measured in the baseline's own steps (how many
 steps the baseline needs to reach this run's final loss, per seed, geometric
-mean with its interval), time per step and its ratio to the baseline. With
+mean with its interval), time per step and its ratio to the baseline (from
+:mod:`muonjax.step_timing`'s interleaved measurement when given, with the
+optimizer update's share of the step). With
 reference losses (the unigram and bigram cross-entropy of the evaluation
 tokens, :func:`muonjax.data.reference_losses`) a run that ends above the
 unigram loss is flagged: it learned only token frequencies.
@@ -36,7 +38,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   return mean, math.sqrt(var)
 
 
-def comparison_rows(runs: Mapping[str, Sequence[Mapping]], baseline: str = "adamw") -> list[dict]:
+def comparison_rows(runs: Mapping[str, Sequence[Mapping]], baseline: str = "adamw", *,
+                    timing: Optional[Mapping[str, Mapping]] = None) -> list[dict]:
   """One row per optimizer, in the order of ``runs``.
 
   Args:
@@ -45,6 +48,10 @@ def comparison_rows(runs: Mapping[str, Sequence[Mapping]], baseline: str = "adam
       ``eval_history`` (a list of ``[step, val_loss]``), or ``diverged: True``.
     baseline: the name the Δ, ratio and steps-to-target columns refer to; when
       absent those columns are ``None``.
+    timing: ``time_arms(...)["arms"]`` (:func:`muonjax.step_timing.time_arms`):
+      when given, the time columns come from it (interleaved in one process)
+      instead of the runs' own ``time_per_step``, and rows get
+      ``update_share`` and the quartiles ``time_ratio_q1``/``time_ratio_q3``.
 
   Returns:
     Rows with ``optimizer``, ``seeds`` (finished runs), ``diverged`` (runs
@@ -109,6 +116,11 @@ def comparison_rows(runs: Mapping[str, Sequence[Mapping]], baseline: str = "adam
         "steps_to_baseline": reach,
         **_paired(all_results, runs.get(baseline), is_baseline=name == baseline),
     })
+    if timing is not None and name in timing:
+      t = timing[name]
+      rows[-1].update(time_per_step_ms=t["median_ms"], time_ratio=t["ratio"],
+                      time_ratio_q1=t["ratio_q1"], time_ratio_q3=t["ratio_q3"],
+                      update_share=t["update_share"])
   return rows
 
 
@@ -165,6 +177,12 @@ def _speedup_cell(row: Mapping) -> str:
   return cell
 
 
+def _time_ratio_cell(row: Mapping, own: bool) -> str:
+  if own or row.get("time_ratio_q1") is None:
+    return _fmt(row["time_ratio"], ".2f") + "×"
+  return f"{row['time_ratio']:.2f}× [{row['time_ratio_q1']:.2f}, {row['time_ratio_q3']:.2f}]"
+
+
 def reference_note(references: Optional[Mapping]) -> str:
   """The line under a table naming the reference losses (empty without references)."""
   if not references:
@@ -175,24 +193,31 @@ def reference_note(references: Optional[Mapping]) -> str:
 
 
 def markdown_table(rows: Sequence[Mapping], baseline: str = "adamw", *,
-                   accuracy: bool = False, references: Optional[Mapping] = None) -> str:
+                   accuracy: bool = False, references: Optional[Mapping] = None,
+                   timing: Optional[Mapping] = None) -> str:
   """The rows of :func:`comparison_rows` as a Markdown table.
 
   ``accuracy=True`` adds the validation accuracy and perplexity columns;
   ``references`` (:func:`muonjax.data.reference_losses`) adds a line with the
-  unigram/bigram losses and flags every row whose loss is above the unigram's.
+  unigram/bigram losses and flags every row whose loss is above the unigram's;
+  ``timing`` (:func:`muonjax.step_timing.time_arms`, the rows built with its
+  ``"arms"``) labels the time columns as interleaved, adds the paired ratio's
+  quartiles and the update-share column.
   """
   extra = " val accuracy | perplexity |" if accuracy else ""
+  time_head = ("time/step (ms, interleaved) | ratio vs " + baseline + " [quartiles] | "
+               "update share |" if timing else f"time/step (ms) | ratio vs {baseline} |")
   lines = [
       f"| optimizer | final val loss | Δ vs {baseline} [95 % CI] | verdict |{extra} "
-      f"speed-up vs {baseline} [95 % CI] | time/step (ms) | ratio vs {baseline} |",
-      "|---|---|---|---|" + ("---|---|" if accuracy else "") + "---|---|---|",
+      f"speed-up vs {baseline} [95 % CI] | {time_head}",
+      "|---|---|---|---|" + ("---|---|" if accuracy else "") + "---|---|---|"
+      + ("---|" if timing else ""),
   ]
   unigram = references.get("unigram") if references else None
   for r in rows:
     if r["val_loss"] is None:
       lines.append(f"| {r['optimizer']} | diverged ({r['diverged']} of {r['seeds']} runs) |"
-                   + " — |" * (7 if accuracy else 5))
+                   + " — |" * ((7 if accuracy else 5) + (1 if timing else 0)))
       continue
     cells = ""
     if accuracy:
@@ -207,7 +232,8 @@ def markdown_table(rows: Sequence[Mapping], baseline: str = "adamw", *,
         f"| {'baseline' if own else _interval_cell(r.get('delta_interval'), '+.4f')} "
         f"| {'—' if own else r.get('verdict') or '—'} |{cells} "
         f"{'1×' if own else _speedup_cell(r)} | {r['time_per_step_ms']:.1f} "
-        f"| {_fmt(r['time_ratio'], '.2f')}× |")
+        f"| {_time_ratio_cell(r, own) if timing else _fmt(r['time_ratio'], '.2f') + '×'} |"
+        + (f" {_fmt(r.get('update_share'), '.0%')} |" if timing else ""))
   note = reference_note(references)
   return "\n".join(lines) + (f"\n\n{note}" if note else "")
 

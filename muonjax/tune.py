@@ -107,7 +107,8 @@ def search_learning_rate(evaluate: Callable[[float], Optional[float]], start: fl
 
 
 def use_compilation_cache(path: Optional[str] = None) -> str:
-  """Turns on JAX's persistent compilation cache (default ``~/.cache/muonjax/xla``).
+  """Turns on JAX's persistent compilation cache (default ``~/.cache/muonjax/xla``; without
+  ``path``, a cache folder already configured is kept).
 
   Runs that differ only in their learning rates or seed lower to the same
   program and load it from the cache instead of compiling again. Returns the
@@ -115,6 +116,8 @@ def use_compilation_cache(path: Optional[str] = None) -> str:
   """
   import jax
 
+  if path is None and jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir  # the caller's (or JAX_COMPILATION_CACHE_DIR)
   path = path or os.path.join(os.path.expanduser("~"), ".cache", "muonjax", "xla")
   os.makedirs(path, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", path)
@@ -150,6 +153,7 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
   if os.path.exists(path):
     raise ValueError(f"{path} already exists; choose another --out")
   seed = preset.seeds[0] if seed is None else seed
+  compare.check_preset(preset)
   for name in preset.optimizers:  # validate every entry before the first run
     compare.train_config(preset, name, seed)
   os.makedirs(out_dir, exist_ok=True)
@@ -157,8 +161,11 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
   results = {}
   for name, entry in preset.optimizers.items():
     def evaluate(lr: float, name=name, entry=entry) -> Optional[float]:
+      # The baseline is tuned at the arms' length (baseline_length=1): under the
+      # constant schedule a longer baseline's curve up to `steps` is this run.
       trial = dataclasses.replace(
-          preset, optimizers={name: dict(entry, learning_rate=lr)}, seeds=(seed,))
+          preset, optimizers={name: dict(entry, learning_rate=lr)}, seeds=(seed,),
+          baseline_length=1.0)
       config = compare.train_config(trial, name, seed)
       try:
         result = train(config, on_step=on_run(name, lr) if on_run else None, corpus=corpus)

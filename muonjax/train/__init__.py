@@ -24,6 +24,7 @@ from muonjax.train.step import (
     EXTRA_ARGS_FNS,
     ExtraArgsFn,
     build_eval,
+    build_grad_step,
     build_train_step,
     register_extra_args,
 )

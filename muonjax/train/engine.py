@@ -25,7 +25,13 @@ from muonjax.train.optimizer import (
     with_model_constraint,
 )
 from muonjax.train.schedules import schedule_for
-from muonjax.train.step import EXTRA_ARGS_FNS, ExtraArgsFn, build_eval, build_train_step
+from muonjax.train.step import (
+    EXTRA_ARGS_FNS,
+    ExtraArgsFn,
+    build_eval,
+    build_grad_step,
+    build_train_step,
+)
 
 
 def model_fields(config: TrainConfig, vocab_size: int) -> dict:
@@ -161,6 +167,8 @@ class Engine:
       self.state, self.state_sharding = _unaliased(state), None
       self._steps = {k: jax.jit(f, donate_argnums=0) for k, f in steps.items()}
       self.eval_fn = jax.jit(evaluate)
+      self._grad_fn = jax.jit(build_grad_step(self.graphdef, grad_accum=accum,
+                                              seed=config.seed))
       return
 
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -189,6 +197,13 @@ class Engine:
     self.eval_fn = jax.jit(evaluate, out_shardings=replicated,
                            in_shardings=(self.state_sharding, self.stacked_sharding,
                                          self.stacked_sharding))
+
+  def grads(self, state, inputs, targets, step: int):
+    """The step's forward and backward passes alone (:func:`build_grad_step`); the state
+    is not donated. One device only (``None`` on a mesh)."""
+    if self.mesh is not None:
+      return None
+    return self._grad_fn(state, inputs, targets, jnp.int32(step))
 
   def context(self):
     """``jax.set_mesh(mesh)`` (or nothing without a mesh): trace and run steps in it."""

@@ -47,6 +47,13 @@ def mean_tree(tree: Any, n: int) -> Any:
   return tree if n == 1 else jax.tree.map(lambda x: x / n, tree)
 
 
+def _value_and_grad(model_def, params, rest, x, y, key):
+  """``((loss, terms), grads)`` of the training objective on one micro-batch."""
+  def objective(p):
+    return loss_and_metrics(nnx.merge(model_def, p, rest), x, y, key=key)
+  return jax.value_and_grad(objective, has_aux=True)(params)
+
+
 def build_train_step(
     graphdef: nnx.GraphDef,
     *,
@@ -91,9 +98,6 @@ def build_train_step(
     # Values a scan body uses enter it through the carry: NNX refuses to merge
     # Variables of an outer trace level inside nnx.scan (the stacked layers).
     def micro(params, rest, x, y, i):
-      def objective(p):
-        return loss_and_metrics(nnx.merge(model_def, p, rest), x, y,
-                                key=jax.random.fold_in(key, i))
       extra = ({} if extra_args_fn is None else
                dict(extra_args_fn(nnx.merge(model_def, params, rest),
                                   dict(inputs=x, targets=y))))
@@ -102,7 +106,8 @@ def build_train_step(
             lambda m: loss_and_metrics(m, x, y, key=jax.random.fold_in(key, i)),
             nnx.merge(model_def, params, rest))
       else:
-        (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        (loss, terms), grads = _value_and_grad(model_def, params, rest, x, y,
+                                               jax.random.fold_in(key, i))
       return grads, loss, terms, extra
 
     if grad_accum == 1:
@@ -135,6 +140,30 @@ def build_train_step(
     return nnx.split((model, optimizer))[1], out
 
   return step_fn
+
+
+def build_grad_step(graphdef: nnx.GraphDef, *, grad_accum: int, seed: int) -> Callable:
+  """The training step without the optimizer: ``(state, inputs, targets, step) -> (loss, grads)``.
+
+  The forward and backward passes of :func:`build_train_step` over the same
+  micro-batches (same dropout keys), averaged, and nothing else: the part of a
+  step every optimizer shares. Timed beside the full steps, it gives the
+  optimizer update's share of a step (:mod:`muonjax.step_timing`).
+  """
+
+  def fn(state, inputs, targets, step):
+    model, _ = nnx.merge(graphdef, state)
+    model_def, params, rest = nnx.split(model, nnx.Param, ...)
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    loss, grads = 0.0, None
+    for i in range(grad_accum):  # static and small: unrolled
+      (value, _), g = _value_and_grad(model_def, params, rest, inputs[i], targets[i],
+                                      jax.random.fold_in(key, i))
+      loss = loss + value
+      grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+    return mean_tree((loss, grads), grad_accum)
+
+  return fn
 
 
 def build_eval(graphdef: nnx.GraphDef) -> Callable:

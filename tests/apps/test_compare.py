@@ -42,3 +42,37 @@ def test_unknown_entry_optimizer_is_a_value_error():
                                optimizers={"x": {"learning_rate": 1e-3}})
   with pytest.raises(ValueError, match="unknown optimizer 'x'"):
     compare.train_config(preset, "x", 0)
+
+
+def test_default_preset_evaluates_enough_tokens_often_with_a_longer_baseline():
+  preset = compare.check_preset(compare.get_preset("default"))
+  assert preset.eval_batches * preset.batch_size * preset.seq_len >= 16_384
+  assert preset.eval_every <= 10 and preset.steps % preset.eval_every == 0
+  assert preset.baseline_length >= 2 and preset.schedule == "constant"
+  assert compare.steps_of(preset, "adamw") == 2 * preset.steps
+  assert compare.train_config(preset, "adamw", 0).steps == 2 * preset.steps
+  assert compare.train_config(preset, "muon", 0).steps == preset.steps
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(baseline_length=0.5), "baseline_length must be a number >= 1"),
+    (dict(baseline_length=2.0, schedule="cosine"), "needs schedule='constant'"),
+    (dict(baseline_length=2.0, schedule="constant", eval_every=3), "eval_every to divide"),
+    (dict(timing_repeats=-1), "timing_repeats must be an integer >= 0"),
+    (dict(baseline="sgd"), "baseline='sgd' is not one of the optimizers"),
+])
+def test_ill_posed_presets_are_value_errors(change, match):
+  with pytest.raises(ValueError, match=match):
+    compare.check_preset(dataclasses.replace(compare.get_preset("smoke"), **change))
+
+
+def test_a_longer_baseline_is_compared_at_the_arms_last_step():
+  result = dict(final_val_loss=2.0, final_val_accuracy=0.5, time_per_step=0.1, eval_history=[
+      dict(step=5, eval_loss=3.0, eval_accuracy=0.2), dict(step=10, eval_loss=2.0,
+                                                           eval_accuracy=0.5)])
+  at5 = compare.summary(result, at_step=5)
+  assert (at5["final_val_loss"], at5["final_val_accuracy"]) == (3.0, 0.2)
+  assert at5["eval_history"] == [[5, 3.0], [10, 2.0]]  # the whole curve, for the speed-up
+  assert compare.summary(result)["final_val_loss"] == 2.0
+  with pytest.raises(ValueError, match="no evaluation at step 7"):
+    compare.summary(result, at_step=7)
