@@ -23,17 +23,17 @@ from muonjax import report
 
 # The default comparison: a small GPT (2 layers, d_model 64, 131k parameters) on
 # the Python standard library's source, six optimizers, three seeds. Learning
-# rates: the best of `muonjax tune` on this preset (committed in
-# experiments/results/compare/tune/, reproduced by
-# `muonjax tune --out experiments/results/compare/tune`); a test checks they
-# are still the ones that result chose. The non-matrix leaves (embeddings,
+# rates: the best of `muonjax tune` on this preset (equal budgets, every best
+# rate interior; committed in experiments/results/compare/tune/, reproduced by
+# `muonjax tune --out <folder>`, whose grids are centred on AdamW 3e-3 and
+# 0.02 for the others); a test checks they are the rates that result chose. The non-matrix leaves (embeddings,
 # head, norms) train with SHARED_ADAM in every arm.
 DEFAULT_OPTIMIZERS: dict[str, dict[str, Any]] = {
-    "adamw": {"learning_rate": 3e-3},
+    "adamw": {"learning_rate": 0.003},
     "muon": {"learning_rate": 0.02},
     "normuon": {"learning_rate": 0.02},
-    "adamuon": {"learning_rate": 0.02},
-    "mano": {"learning_rate": 0.02},
+    "adamuon": {"learning_rate": 0.0112468},
+    "mano": {"learning_rate": 0.00632456},
     "newton_muon": {"learning_rate": 0.02},
 }
 

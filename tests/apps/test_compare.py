@@ -76,3 +76,20 @@ def test_a_longer_baseline_is_compared_at_the_arms_last_step():
   assert compare.summary(result)["final_val_loss"] == 2.0
   with pytest.raises(ValueError, match="no evaluation at step 7"):
     compare.summary(result, at_step=7)
+
+
+def test_default_rates_are_the_committed_tune_result():
+  """The default preset's rates are what `muonjax tune` chose on that preset, none on an edge."""
+  import json
+  import pathlib
+  root = pathlib.Path(__file__).resolve().parents[2]
+  tuned = json.loads((root / "experiments/results/compare/tune/tune.json").read_text())
+  preset = compare.get_preset("default")
+  for field in ("model", "model_fields", "steps", "batch_size", "seq_len", "schedule",
+                "warmup_steps", "eval_every", "eval_batches", "shared_adam", "baseline"):
+    assert tuned["preset"][field] == getattr(preset, field), field
+  assert set(tuned["results"]) == set(preset.optimizers)
+  for name, entry in preset.optimizers.items():
+    result = tuned["results"][name]
+    assert entry["learning_rate"] == result["best_lr"], name
+    assert result["edge"] is None and result["runs"] <= tuned["budget"], name
