@@ -65,10 +65,18 @@ def test_compare_smoke_preset_writes_a_consistent_report(tmp_path, capsys):
   assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
   rows = {r["optimizer"]: r for r in payload["rows"]}
   assert set(rows) == {"adamw", "muon"}
+  steps = payload["preset"]["steps"]
+  assert [r["steps"] for r in payload["runs"]["adamw"]] == [2 * steps]  # baseline_length 2
+  assert [r["steps"] for r in payload["runs"]["muon"]] == [steps]
+  timing = payload["timing"]["arms"]
   for name, runs in payload["runs"].items():
-    assert rows[name]["val_loss"] == pytest.approx(runs[0]["final_val_loss"])
-    assert rows[name]["time_per_step_ms"] == pytest.approx(1e3 * runs[0]["time_per_step"])
+    at_steps = next(h for h in runs[0]["eval_history"] if h["step"] == steps)["eval_loss"]
+    assert rows[name]["val_loss"] == pytest.approx(at_steps)  # the baseline at the arms' step
+    # time columns: the interleaved measurement, not the runs' own medians
+    assert rows[name]["time_per_step_ms"] == pytest.approx(timing[name]["median_ms"])
+    assert rows[name]["update_share"] == pytest.approx(timing[name]["update_share"])
     assert np.isfinite(runs[0]["final_val_loss"])
+  assert "interleaved in one process" in payload["header"]
   assert rows["muon"]["delta"] == pytest.approx(rows["muon"]["val_loss"] - rows["adamw"]["val_loss"])
   refs = payload["references"]
   assert refs["tokens"] > 0 and 0 < refs["bigram"] < refs["unigram"] < np.log(256)
