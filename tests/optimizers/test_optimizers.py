@@ -386,15 +386,17 @@ class EcosystemTest(chex.TestCase):
   def test_schedule_learning_rate(self):
     params = make_params(8, NUMERIC_SHAPES)
     sched = optax.warmup_cosine_decay_schedule(0.0, 0.02, warmup_steps=3, decay_steps=10)
-    a, b = mj.muon(sched), mj.muon(1.0)
-    ua_fn, ub_fn = jax.jit(a.update), jax.jit(b.update)
+    # The constant-rate alias is the one NumericsTest compiles on these shapes.
+    a, b = mj.muon(sched), muon_tx(0.02)
+    ua_fn, ub_fn = jax.jit(a.update), jit_update(b)
     sa, sb = a.init(params), b.init(params)
     for t in range(5):
       g = grads_like(params, t)
       ua, sa = ua_fn(g, sa, params)
       ub, sb = ub_fn(g, sb, params)
       for k in MUON_LEAVES:  # Muon-leaf state does not depend on lr
-        chex.assert_trees_all_close(ua[k], float(sched(t)) * ub[k], rtol=1e-5, atol=1e-9)
+        chex.assert_trees_all_close(ua[k], float(sched(t)) / 0.02 * ub[k], rtol=1e-5,
+                                    atol=1e-9)
     assert float(sched(0)) == 0.0
 
   @chex.variants(with_jit=True)
