@@ -27,6 +27,7 @@ from muonjax.train import (
     read_jsonl,
     train,
 )
+from muonjax.train.engine import Engine, model_fields
 
 TINY = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32)
 
@@ -51,6 +52,20 @@ def tiny(corpus_file, **overrides) -> TrainConfig:
                 eval_batches=2, data=corpus_file)
   values.update(overrides)
   return TrainConfig(**values)
+
+
+# One training program for the step and loop tests (the grad-accumulation check, the
+# logged run, the non-finite stop, the interrupted runs): Muon with fp32 Newton-Schulz
+# (no bf16 rounding flips between the accumulated and the big batch), 2 micro-batches
+# of 4, a warmup of 2 steps. Learning rate, seed and step count are not part of the
+# compiled program (tests/apps/test_study.py), so it is compiled once and loaded from
+# the compilation cache by every other run of it.
+SHARED = dict(optimizer_hparams=dict(compute_dtype=None), batch_size=4, grad_accum=2,
+              warmup_steps=2)
+
+
+def shared(corpus_file, **overrides) -> TrainConfig:
+  return tiny(corpus_file, **{**SHARED, **overrides})
 
 
 # --- config -----------------------------------------------------------------
@@ -138,15 +153,25 @@ def _one_update(config: TrainConfig, inputs, targets, **step_kwargs):
   return out, [np.asarray(a) - b for a, b in zip(after, before)]
 
 
+def _first_update(config: TrainConfig, inputs, targets):
+  """(step outputs, parameter change) of the first update of ``train``'s own step
+  (``muonjax.train.engine.Engine``) on ``(grad_accum * B, T)`` data."""
+  engine = Engine(config, model_fields(config, 256), None)
+  params = lambda state: jax.tree.leaves(nnx.state(nnx.merge(engine.graphdef, state)[0],
+                                                   nnx.Param))
+  before = [np.asarray(x) for x in params(engine.state)]
+  shape = (config.grad_accum, config.batch_size, config.seq_len)
+  state, out = engine.step(engine.state, inputs.reshape(shape), targets.reshape(shape), 1)
+  return out, [np.asarray(a) - b for a, b in zip(params(state), before)]
+
+
 def test_grad_accum_equals_one_big_batch(corpus_file):
   rng = np.random.RandomState(1)
   tokens = rng.randint(0, 256, size=(8, 17)).astype(np.int32)
   inputs, targets = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
-  hparams = dict(compute_dtype=None)  # fp32 Newton-Schulz: no bf16 rounding flips
-  big, d_big = _one_update(tiny(corpus_file, batch_size=8, grad_accum=1,
-                                optimizer_hparams=hparams), inputs, targets)
-  acc, d_acc = _one_update(tiny(corpus_file, batch_size=4, grad_accum=2,
-                                optimizer_hparams=hparams), inputs, targets)
+  # The accumulated side is the shared program; fp32 Newton-Schulz on both sides.
+  big, d_big = _first_update(shared(corpus_file, batch_size=8, grad_accum=1), inputs, targets)
+  acc, d_acc = _first_update(shared(corpus_file), inputs, targets)
   assert float(acc["loss"]) == pytest.approx(float(big["loss"]), abs=1e-5)
   assert float(acc["grad_norm"]) == pytest.approx(float(big["grad_norm"]), rel=1e-5)
   assert max(np.abs(d).max() for d in d_big) > 1e-3  # the update is not trivial
@@ -177,8 +202,8 @@ def test_extra_args_fn_and_loss_value_reach_the_optimizer(corpus_file):
 
 def test_log_records_result_and_callback(corpus_file, tmp_path):
   seen = []
-  config = tiny(corpus_file, log_path=str(tmp_path / "log.jsonl"),
-                checkpoint_dir=str(tmp_path / "ckpt"), schedule="cosine", warmup_steps=2)
+  config = shared(corpus_file, log_path=str(tmp_path / "log.jsonl"),
+                  checkpoint_dir=str(tmp_path / "ckpt"))
   result = train(config, on_step=lambda step, record: seen.append((step, record)))
   records = read_jsonl(config.log_path)
   assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6] == [s for s, _ in seen]
@@ -208,9 +233,9 @@ def test_log_records_result_and_callback(corpus_file, tmp_path):
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(corpus_file, tmp_path):
-  config = tiny(corpus_file, optimizer="adamw", learning_rate=1e30, steps=10,
-                checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=1, keep=5,
-                log_path=str(tmp_path / "log.jsonl"))
+  config = shared(corpus_file, learning_rate=1e30, steps=10,
+                  checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=1, keep=5,
+                  log_path=str(tmp_path / "log.jsonl"))
   with pytest.raises(NonFiniteLossError, match="non-finite at step") as info:
     train(config)
   bad = info.value.step
@@ -224,9 +249,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(corpus_file, tmp_pa
 
 @pytest.mark.e2e
 def test_keyboard_interrupt_saves_a_checkpoint(corpus_file, tmp_path):
-  # The program of test_log_records_result_and_callback (a compilation cache hit).
-  config = tiny(corpus_file, schedule="cosine", warmup_steps=2,
-                checkpoint_dir=str(tmp_path / "ckpt"))
+  # The shared program (a compilation cache hit).
+  config = shared(corpus_file, checkpoint_dir=str(tmp_path / "ckpt"))
 
   def stop_at_3(step, record):
     if step == 3:
@@ -243,8 +267,7 @@ def test_keyboard_interrupt_saves_a_checkpoint(corpus_file, tmp_path):
 @pytest.mark.e2e
 def test_ctrl_c_finishes_the_step_then_saves(corpus_file, tmp_path):
   """A real SIGINT is deferred to the end of the step: the step completes, then it stops."""
-  config = tiny(corpus_file, schedule="cosine", warmup_steps=2,
-                checkpoint_dir=str(tmp_path / "ckpt"))
+  config = shared(corpus_file, checkpoint_dir=str(tmp_path / "ckpt"))
   finished = []
 
   def sigint_at_2(step, record):
