@@ -64,7 +64,11 @@ def _unaliased(state: Any) -> Any:
       return x
     key = tuple(shard.data.unsafe_buffer_pointer() for shard in x.addressable_shards)
     if key in seen:
-      return jax.device_put(x, x.sharding, may_alias=False)
+      # A copy as committed as the original: an uncommitted leaf committed here
+      # would make the step's second call compile again (the outputs of the
+      # first are all committed, its inputs were not).
+      return (jax.device_put(x, x.sharding, may_alias=False) if x.committed
+              else jnp.array(x, copy=True))
     seen.add(key)
     return x
 
