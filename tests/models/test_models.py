@@ -115,20 +115,24 @@ def test_looped_param_count_independent_of_loops():
 def test_scan_matches_unrolled_loop(inject):
   model = models.build("looped", rngs=1, **LOOP, n_loops=3, inject=inject, dropout=0.2)
   x = tokens(1)
-  np.testing.assert_allclose(apply(model, x), apply(model, x, unroll=True), atol=1e-5)
   key = jax.random.key(7)  # train mode: the same per-loop keys on both paths
-  train_scan = apply(model, x, key)
-  np.testing.assert_allclose(train_scan, apply(model, x, key, unroll=True), atol=1e-5)
-  assert not np.allclose(train_scan, apply(model, x), atol=1e-3)
-
-  if inject != "add":
-    return  # gradients: one injection mode is enough
+  with_grads = inject == "add"  # gradients: one injection mode is enough
 
   @nnx.jit(static_argnames="unroll")
-  def grad(m, unroll):
-    return nnx.grad(lambda m: jnp.mean(m(x, key=key, unroll=unroll) ** 2))(m)
+  def run(m, unroll):
+    """Eval logits, train logits and (for "add") their gradients: one program per path."""
+    evaluation = m(x, unroll=unroll)
+    if not with_grads:
+      return evaluation, m(x, key=key, unroll=unroll), None
+    loss = lambda m: (jnp.mean((y := m(x, key=key, unroll=unroll)) ** 2), y)
+    (_, train), grads = nnx.value_and_grad(loss, has_aux=True)(m)
+    return evaluation, train, grads
 
-  g_scan, g_unroll = grad(model, False), grad(model, True)
+  (eval_scan, train_scan, g_scan), (eval_unroll, train_unroll, g_unroll) = (
+      run(model, False), run(model, True))
+  np.testing.assert_allclose(eval_scan, eval_unroll, atol=1e-5)
+  np.testing.assert_allclose(train_scan, train_unroll, atol=1e-5)
+  assert not np.allclose(train_scan, eval_scan, atol=1e-3)
   for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g_unroll)):
     np.testing.assert_allclose(a, b, atol=1e-5)
 

@@ -279,7 +279,8 @@ def test_routing(gated):
   decided = {"/".join(names): dn for names, _, dn in state.decision}
   assert decided == dims
   pure = nnx.as_pure(params)
-  _, state2 = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, pure), tx.init(params), pure)
+  # Traced, not compiled: the decision is static structure of the returned state.
+  _, state2 = jax.eval_shape(tx.update, jax.tree.map(jnp.ones_like, pure), tx.init(params), pure)
   assert {"/".join(names): dn for names, _, dn in state2.decision} == dims
 
 
@@ -354,8 +355,13 @@ def native_sphere_chain(model, lr, mode):
   return optax.chain(directions, mj.hypersphere(lr, axes=mj.sphere_axes(model), mode=mode))
 
 
+def muon_on_sphere(model):
+  return optax.chain(mj.muon(0.05, adam_learning_rate=1e-2), sphere_projection(model))
+
+
 CHAINS = {
-    "muon+projection": lambda m: optax.chain(mj.muon(0.02), sphere_projection(m)),
+    # The training test's Muon chain (gated model): one compiled update for both tests.
+    "muon+projection": lambda m: muon_on_sphere(m),
     "adamw+projection": lambda m: optax.chain(optax.adamw(1e-2, weight_decay=0.0),
                                               sphere_projection(m)),
     "hypersphere-geodesic": lambda m: native_sphere_chain(m, 0.05, "geodesic"),
@@ -390,8 +396,7 @@ def test_one_step_keeps_every_constrained_vector_on_sphere(chain):
 def test_train_step_reduces_loss_on_sphere(gated, opt):
   remat = opt == "adamw"  # remat + scan: gradients keep the stacked shapes and train
   model = build(gated, remat=remat)
-  tx = (optax.chain(mj.muon(0.05, adam_learning_rate=1e-2), sphere_projection(model))
-        if opt == "muon" else
+  tx = (muon_on_sphere(model) if opt == "muon" else
         optax.chain(optax.adamw(1e-2, weight_decay=0.0), sphere_projection(model)))
   shapes = jax.tree.map(jnp.shape, nnx.state(model, nnx.Param))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -478,6 +483,12 @@ def test_sphere_fields_default_and_are_checked():
     NGPTConfig(**TINY, sphere_update="geodesic", sphere_every=2)
 
 
+@jax.jit
+def random_delta(params):
+  return jax.tree.map(lambda p: 0.1 * jax.random.normal(jax.random.key(1), p.shape, p.dtype),
+                      params)
+
+
 @pytest.mark.parametrize("fields", [dict(), dict(sphere_every=3),
                                     dict(sphere_update="geodesic", sphere_theta="lr"),
                                     dict(sphere_update="geodesic", sphere_theta="norm")])
@@ -493,13 +504,16 @@ def test_optimizer_constraint_is_the_configured_sphere_stage(fields):
                            every=fields.get("sphere_every", 1),
                            theta=fields.get("sphere_theta", "lr"), learning_rate=schedule)
   params = nnx.state(model, nnx.Param)
-  delta = jax.tree.map(lambda p: 0.1 * jax.random.normal(jax.random.key(1), p.shape, p.dtype),
-                       params)
+  delta = random_delta(nnx.as_pure(params))
+  # Both stages jitted (eager updates compile every op for every leaf shape); the two
+  # programs are separate, so equal results mean equal stages.
   got_state, want_state = stage.init(params), want.init(params)
+  got_update, want_update = jax.jit(stage.update), jax.jit(want.update)
   for _ in range(3):  # through a lazy period and along the schedule
-    got, got_state = stage.update(delta, got_state, params)
-    expected, want_state = want.update(delta, want_state, params)
+    got, got_state = got_update(delta, got_state, params)
+    expected, want_state = want_update(delta, want_state, params)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), got, expected)
-  gpt = models.build("gpt", rngs=0, vocab_size=64, d_model=16, n_layers=1, n_heads=2, d_ff=32)
+  gpt = nnx.eval_shape(lambda: models.build("gpt", rngs=0, vocab_size=64, d_model=16,
+                                             n_layers=1, n_heads=2, d_ff=32))  # no init compute
   assert not isinstance(gpt, hooks.OptimizerConstraint)
   assert hooks.optimizer_constraint(gpt, schedule) is None
