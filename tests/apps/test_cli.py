@@ -9,6 +9,7 @@ import pytest
 from muonjax import cli, demo
 
 
+@pytest.mark.training
 def test_demo_trains_both_optimizers():
   cfg = demo.DemoConfig(steps=60, batch=64, hidden=32)
   lines = []

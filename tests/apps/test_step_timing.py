@@ -28,6 +28,7 @@ def timing(configs, corpus):
   return step_timing.time_arms(configs, corpus, "adamw", repeats=3, rounds=2, warmup=2)
 
 
+@pytest.mark.training
 def test_every_arm_is_timed_against_the_baseline(timing, configs):
   assert set(timing["arms"]) == set(configs)
   assert timing["repeats"] == [3, 3] and timing["rounds"] == 2
@@ -42,6 +43,7 @@ def test_every_arm_is_timed_against_the_baseline(timing, configs):
   assert timing["grads_median_ms"] > 0
 
 
+@pytest.mark.training
 def test_timed_arms_feed_the_table(timing):
   runs = {name: [dict(final_val_loss=3.0, time_per_step=1.0, eval_history=[[5, 3.0]])]
           for name in timing["arms"]}

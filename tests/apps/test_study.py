@@ -194,7 +194,8 @@ def test_lr_grid_entries_and_compare_entry_keys():
 
 def test_run_campaign_reads_a_finished_campaign_back(tmp_path, monkeypatch):
   preset = compare.get_preset("smoke")
-  preset = dataclasses.replace(preset, optimizers={"adamw": {"learning_rate": 3e-3}}, steps=2)
+  preset = dataclasses.replace(preset, optimizers={"adamw": {"learning_rate": 3e-3}}, steps=2,
+                               baseline_length=1.0, timing_repeats=0)
   first = study.run_campaign(str(tmp_path), "c", preset, log=None)
   assert first["rows"][0]["val_accuracy"] is not None
   monkeypatch.setattr(compare, "run_comparison", lambda *a, **k: pytest.fail("reran"))

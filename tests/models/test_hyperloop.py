@@ -222,6 +222,7 @@ def train(model, tx, steps=8):
   return losses
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("opt", ["muon", "adamw"])
 def test_train_step_reduces_loss(opt):
   tx = mj.muon(0.02) if opt == "muon" else optax.adamw(3e-3)

@@ -188,6 +188,7 @@ def train(model, tx, steps=10, dropout=False):
   return [float(step(model, optimizer, k)) for k in keys]
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("name", MODEL_NAMES)
 @pytest.mark.parametrize("opt", ["muon", "adamw"])
 def test_train_step_reduces_loss(name, opt):

@@ -339,6 +339,7 @@ def test_study_config_param_count_abstract(attention):
 # ----------------------------------------------------------------------------- training
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("opt,attention", [("muon", "mhla"), ("adamw", "mhsa")])
 def test_train_step_reduces_loss(opt, attention):
   """Muon: training mode (router noise; dropout 0 keeps the compile short); AdamW: remat."""

@@ -268,6 +268,7 @@ def train(model, tx, steps=8):
   return [float(loss) for loss, _ in out], out[-1][1]
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("router,opt", [("expert", "muon"), ("token", "adamw")])
 def test_train_step_reduces_loss(router, opt):
   tx = mj.muon(0.02) if opt == "muon" else optax.adamw(3e-3)

@@ -392,6 +392,7 @@ def test_one_step_keeps_every_constrained_vector_on_sphere(chain):
     np.testing.assert_allclose(var[...], after[path][...], atol=1e-6, err_msg=path)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("gated,opt", [(False, "muon"), (False, "adamw"), (True, "muon")])
 def test_train_step_reduces_loss_on_sphere(gated, opt):
   remat = opt == "adamw"  # remat + scan: gradients keep the stacked shapes and train

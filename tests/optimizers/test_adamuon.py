@@ -185,6 +185,7 @@ def test_megatron_explicit_weight_decay_is_kept():
 # --- common alias requirements ---------------------------------------------
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("form", ["code", "megatron"])
 def test_trains_mlp_at_default_lr(form):
   helpers.check_trains_mlp(mj.adamuon(form=form), factor=0.8)

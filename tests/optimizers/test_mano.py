@@ -296,6 +296,7 @@ def test_registry():
 
 # ------------------------------------------------------------- integration
 
+@pytest.mark.training
 def test_trains_demo_mlp_at_default_learning_rate():
   helpers.check_trains_mlp(mj.mano())
 

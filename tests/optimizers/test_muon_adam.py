@@ -391,11 +391,13 @@ def train_with_value(cfg, tx):
   return np.asarray(losses)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("name", ["muon_adam", "muon_max"])
 def test_trains_mlp_at_default_lr(name):
   helpers.check_trains_mlp(getattr(mj, name)(), factor=0.7)
 
 
+@pytest.mark.training
 def test_momo_trains_mlp_at_default_lr():
   helpers.check_trains_mlp(mj.momo(), factor=0.7, train=train_with_value)
 

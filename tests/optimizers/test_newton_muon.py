@@ -350,6 +350,7 @@ def test_stats_errors():
   jax.jit(tx.update)(params, state, params, activation_stats={"w": jnp.eye(4), "b": jnp.eye(6)})
 
 
+@pytest.mark.training
 def test_trains_mlp_at_default_lr():
   """demo.train passes no statistics: Newton-Muon runs as Muon (P = I)."""
   helpers.check_trains_mlp(mj.newton_muon(), factor=0.7)
@@ -372,6 +373,7 @@ class RecordingMLP(nnx.Module):
     return x
 
 
+@pytest.mark.training
 def test_trains_with_statistics_in_nnx_optimizer():
   """nnx.Optimizer under nnx.jit with stats recorded by nnx.sow on every step."""
   model = RecordingMLP(nnx.Rngs(0))

@@ -170,6 +170,7 @@ def test_beta2_override():
 # --- common alias requirements ---------------------------------------------
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("form", ["code", "paper", "modded"])
 def test_trains_mlp_at_default_lr(form):
   helpers.check_trains_mlp(mj.normuon(form=form), factor=0.8)

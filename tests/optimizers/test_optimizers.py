@@ -549,6 +549,7 @@ def _final_losses(make_tx, lrs):
   return {lr: float(compiled(jnp.float32(lr))) for lr in lrs}
 
 
+@pytest.mark.training
 def test_muon_trains_mlp_at_least_as_well_as_adamw():
   muon = _final_losses(lambda lr: mj.muon(lr), MUON_LRS)
   adamw = _final_losses(lambda lr: optax.adamw(lr), ADAMW_LRS)

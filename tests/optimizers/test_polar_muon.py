@@ -127,6 +127,7 @@ def test_state_is_plain_muon_momentum():
 # --- common alias requirements ---------------------------------------------
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("variant", ["paper", "modded"])
 def test_trains_mlp_at_default_lr(variant):
   helpers.check_trains_mlp(mj.polar_muon(variant=variant), factor=0.8)

@@ -348,6 +348,7 @@ def test_scion_init_inside_balls():
 # --- the alias in the ecosystem --------------------------------------------------
 
 
+@pytest.mark.training
 def test_alias_trains_demo_mlp():
   helpers.check_trains_mlp(mj.scion(), cfg=demo.DemoConfig(steps=100, batch=64))
 

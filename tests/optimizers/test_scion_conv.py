@@ -130,6 +130,7 @@ class ConvNet(nnx.Module):
     return self.head(x.mean(axis=(1, 2)))
 
 
+@pytest.mark.training
 def test_scion_trains_an_nnx_conv_net():
   model = ConvNet(nnx.Rngs(0))
   params = nnx.state(model, nnx.Param)

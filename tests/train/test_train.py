@@ -291,6 +291,7 @@ def test_ctrl_c_finishes_the_step_then_saves(corpus_file, tmp_path):
   assert Checkpointer(config.checkpoint_dir).steps() == [2]
 
 
+@pytest.mark.training
 def test_momo_trains_with_its_loss_value_and_grad_accum(corpus_file, tmp_path, monkeypatch):
   from muonjax.train import loop
   engines = []
@@ -326,6 +327,7 @@ def test_statistics_schedule_follows_the_refresh_rule(corpus_file):
   assert [c for c in range(7) if due(c)] == [0, 3, 6]
 
 
+@pytest.mark.training
 def test_newton_muon_gets_recorded_statistics_on_refresh_steps(corpus_file, monkeypatch):
   """Refresh after update 2 ("end", k=2): losses agree through step 2, then differ
   from a run whose statistics are withheld (which is plain Muon)."""
@@ -344,6 +346,7 @@ def test_newton_muon_gets_recorded_statistics_on_refresh_steps(corpus_file, monk
   assert np.all(np.isfinite(losses["with"]))
 
 
+@pytest.mark.training
 def test_loop_keeps_normalized_models_on_the_sphere():
   import muonjax as mj
   from muonjax.train.optimizer import with_model_constraint

@@ -234,6 +234,7 @@ def test_sphere_axes_reads_nnx_metadata():
       axes, is_leaf=lambda x: x is None)
 
 
+@pytest.mark.training
 def test_chain_trains_mlp_on_the_sphere():
   cfg = demo.DemoConfig(steps=100, batch=64)
   xs, ys = demo.teacher_batches(cfg)
