@@ -406,7 +406,7 @@ def _add_train_flags(p, *, lr: bool = True) -> None:
 
 
 def _add_comparison_flags(p) -> None:
-  p.add_argument("--preset", default="default", help="default | loopformer | smoke")
+  p.add_argument("--preset", default="default", help="default | loopformer | loopformer-open | loopformer-gpt | smoke")
   p.add_argument("--model")
   p.add_argument("--set", action="append", metavar="FIELD=VALUE")
   p.add_argument("--optimizers", type=_csv, help="comma-separated optimizer names")

@@ -132,6 +132,18 @@ PRESETS: dict[str, ComparePreset] = {
                                               n_loops=4, freq_dim=32),
         steps=200, batch_size=8, seq_len=64, schedule="cosine", warmup_steps=10, eval_every=25,
         eval_batches=4, seeds=(0,)),
+    # Its two controls (same data, steps, rates and evaluation): LoopFormer with its
+    # gates opened at 1 instead of near 0, and the same two blocks as a plain,
+    # non-looped GPT (131k parameters: LoopFormer's minus its conditioning path).
+    "loopformer-open": ComparePreset(
+        model="loopformer", model_fields=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256,
+                                              n_loops=4, freq_dim=32, adaln_init="open"),
+        steps=200, batch_size=8, seq_len=64, schedule="cosine", warmup_steps=10, eval_every=25,
+        eval_batches=4, seeds=(0,)),
+    "loopformer-gpt": ComparePreset(
+        model="gpt", model_fields=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256),
+        steps=200, batch_size=8, seq_len=64, schedule="cosine", warmup_steps=10, eval_every=25,
+        eval_batches=4, seeds=(0,)),
     # Seconds, not minutes: the CI test of the whole command.
     "smoke": ComparePreset(
         model="gpt", model_fields=dict(d_model=16, n_layers=1, n_heads=2, d_ff=32),

@@ -46,3 +46,16 @@ def shared_compilation_cache(tmp_path_factory):
   path = root / "xla_cache"
   path.mkdir(exist_ok=True)
   yield from helpers.persistent_compilation_cache(str(path))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  """chex's ``without_jit`` variants (the same checks as their ``with_jit`` twins, run op
+  by op, each op compiled on its own) are marked ``eager``: CI's second tier runs them,
+  the default tier keeps the jitted twins (jit/no-jit agreement of every registered
+  optimizer stays in the default tier: tests/optimizers/test_registry_battery.py)."""
+  del config
+  for item in items:
+    if "__without_jit" in item.name:
+      item.add_marker(pytest.mark.eager)
+

@@ -54,7 +54,10 @@ both embeddings N(0, 0.02), biases 0, residual output projections
 the adaLN projection at N(0, 0.02) as the released code ends up doing (its
 zero-init is overwritten by that pass); ``"zero"`` is true adaLN-Zero: every
 gate starts at 0, every block is the identity and a fresh model is
-``head(norm_f(wte + wpe))`` whatever the trajectory.
+``head(norm_f(wte + wpe))`` whatever the trajectory. ``"open"`` (a control, not in
+the paper) starts the gates at 1 (the adaLN bias of the two gate chunks is 1,
+the projection N(0, 0.02)): every block starts as a plain pre-norm residual
+block, so a stalled run cannot be blamed on closed gates.
 
 **Routing.** Attention and MLP kernels (stacked ``(k, in, out)``) → Muon per
 matrix; embeddings ``wte``/``wpe``, the untied ``lm_head``, ``norm_f`` and all
@@ -81,7 +84,7 @@ from muonjax.models import config as checks
 from muonjax.models.blocks import MLP, CausalSelfAttention, dense
 from muonjax.models.losses import cross_entropy
 
-ADALN_INITS = ("reference", "zero")
+ADALN_INITS = ("reference", "zero", "open")
 INIT_STD = 0.02
 StepsLike = Union[Sequence[float], np.ndarray, jax.Array]
 
@@ -233,7 +236,10 @@ class LoopFormerCore(nnx.Module):
       _normal_(kernel, rngs, INIT_STD)
     for kernel in (b.attn.out.kernel, b.mlp.down.kernel):
       _normal_(kernel, rngs, INIT_STD / math.sqrt(2 * c.n_layers))
-    _normal_(b.adaln.linear.kernel, rngs, INIT_STD if c.adaln_init == "reference" else 0.0)
+    _normal_(b.adaln.linear.kernel, rngs, 0.0 if c.adaln_init == "zero" else INIT_STD)
+    if c.adaln_init == "open":  # (g_msa, g_mlp, γ_msa, γ_mlp): the gates start at 1
+      d = c.d_model
+      b.adaln.bias.set_value(b.adaln.bias[...].at[..., :2 * d].set(1.0))
 
   def condition(self, t: jax.Array, dt: jax.Array) -> jax.Array:
     """c = φ_t(t) + φ_Δ(Δ) ∈ R^d (t, Δ scalars, shared by the whole batch)."""

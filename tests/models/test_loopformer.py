@@ -459,6 +459,29 @@ def test_fresh_adaln_zero_model_is_the_identity_stack():
                                atol=1e-5)
 
 
+def test_open_gates_start_at_one():
+  """adaln_init="open" (the looped study's control): gates 1 + N(0, 0.02)-sized terms, scales
+  near 0, so each block starts as a plain pre-norm residual block."""
+  model = build(adaln_init="open")
+  cond = model.core.condition(jnp.float32(0.25), jnp.float32(0.25))
+  g_msa, g_mlp, s_msa, s_mlp = _modulations(model, cond)
+  for g in (g_msa, g_mlp):
+    np.testing.assert_allclose(g, 1.0, atol=0.3)
+  for s in (s_msa, s_mlp):
+    np.testing.assert_allclose(s, 0.0, atol=0.3)
+  ref = _modulations(build(), cond)
+  np.testing.assert_allclose(ref[0], 0.0, atol=0.3)  # the reference init: gates near 0
+  np.testing.assert_allclose(g_msa - 1.0, ref[0], atol=1e-6)  # same draws, gate bias 1
+
+
+def _modulations(model, cond):
+  """(g_msa, g_mlp, γ_msa, γ_mlp) of every stacked block, from its adaLN weights (NumPy)."""
+  adaln = model.core.blocks.adaln
+  w, b = np.asarray(adaln.linear.kernel[...]), np.asarray(adaln.bias[...])
+  out = np.einsum("d,kdn->kn", np.asarray(jax.nn.silu(cond)), w) + b
+  return np.split(out, 4, axis=-1)
+
+
 def test_constant_modulation_is_base_loop():
   """With the adaLN output pinned to gates 1, scales 0, LoopFormer is Base-Loop (docs/models.md#looped-transformer).
 

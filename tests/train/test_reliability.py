@@ -297,6 +297,7 @@ def snapshot(folder):
   return {name: (folder / name).read_bytes() for name in ("result.json", "metrics.jsonl")}
 
 
+@pytest.mark.e2e
 def test_resuming_a_finished_run_changes_nothing(finished_run, corpus_file, tmp_path, capsys):
   import shutil
   run = tmp_path / "run"
@@ -319,6 +320,7 @@ def test_resuming_a_finished_run_changes_nothing(finished_run, corpus_file, tmp_
   assert [r["step"] for r in read_jsonl(str(run / "metrics.jsonl"))] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.e2e
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
     finished_run, corpus_file, tmp_path, capsys):
   import shutil
@@ -336,6 +338,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
     ckpt.verify(4)
 
 
+@pytest.mark.training
 def test_nonfinite_gradients_are_skipped_then_stop(jax_cache, corpus_file, tmp_path,
                                                    monkeypatch):
   original = train_step.loss_and_metrics

@@ -19,6 +19,10 @@ import helpers
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32)
 
+# Every test here resumes (or refuses to resume) a real 8-step training run with
+# checkpoints: CI's second tier (e2e) runs them.
+pytestmark = pytest.mark.e2e
+
 # Runs the config in argv[1] and SIGKILLs itself right after the step-4 checkpoint
 # is committed (on_step runs after the save returns).
 KILLED_RUN = """
