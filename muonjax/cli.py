@@ -285,6 +285,12 @@ def _comparison_preset(args):
     changes["mesh"] = args.mesh
   if "adamw" not in optimizers:
     changes["baseline"] = next(iter(optimizers))
+  changed = sorted(k for k in changes if k != "optimizers")
+  if args.optimizers or args.lr:
+    changed = ["learning rates / optimizers"] + changed
+  if changed:  # the preset's rates were chosen for its own settings
+    changes["rate_source"] = (f"{preset.rate_source}, for the preset's own settings; this run "
+                              f"changes {', '.join(changed)}")
   return compare.check_preset(dataclasses.replace(preset, **changes))
 
 
@@ -327,14 +333,12 @@ def _compare(args) -> int:
     tune.check_budget(args.budget)  # bad flags before the run folder is made
   tuned = _read_tune(args.tune_from) if args.tune_from else None
   if tuned is not None:
-    preset = dataclasses.replace(
-        preset, optimizers=tune.tuned_optimizers(preset.optimizers, tuned))
+    preset = tune.tuned_preset(preset, tuned, args.tune_from)
   out = _run_dir(args.out, "compare")
   tune.use_compilation_cache(args.cache)  # the seeds of one optimizer compile once
   if args.tune:
     tuned = _run_tune(preset, os.path.join(out, "tune"), args)
-    preset = dataclasses.replace(
-        preset, optimizers=tune.tuned_optimizers(preset.optimizers, tuned))
+    preset = tune.tuned_preset(preset, tuned, os.path.join(out, "tune", "tune.json"))
   progress = _Progress(args.quiet)
   payload = compare.run_comparison(
       preset, out, on_run=lambda name, seed: progress(f"{name} seed {seed}",

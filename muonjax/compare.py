@@ -73,6 +73,10 @@ class ComparePreset:
   baseline_length: float = 1.0
   # Timed steps per arm and round of the interleaved timing (0: no timing).
   timing_repeats: int = 20
+  # Where the learning rates come from (printed in the header), and the entries
+  # whose tuned rate sits on an edge of its grid (marked in the lr column).
+  rate_source: str = "set by hand (not tuned)"
+  lr_edges: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def check_preset(preset: ComparePreset) -> ComparePreset:
@@ -122,7 +126,9 @@ PRESETS: dict[str, ComparePreset] = {
     "default": ComparePreset(
         model="gpt", model_fields=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256),
         steps=200, batch_size=16, seq_len=64, schedule="constant", warmup_steps=10,
-        eval_every=10, eval_batches=16, seeds=(0, 1, 2), baseline_length=2.0),
+        eval_every=10, eval_batches=16, seeds=(0, 1, 2), baseline_length=2.0,
+        rate_source="muonjax tune on this preset (experiments/results/compare/tune/; every "
+        "best rate interior)"),
     # The default before the GPT one: the same six optimizers on a tiny LoopFormer
     # (2 shared blocks looped 4 times), untuned rates, one seed. AdamW and AdaMuon
     # stall between the unigram and bigram losses there while Muon escapes
@@ -349,6 +355,10 @@ def write_report(payload: dict, out_dir: str) -> dict:
                       for r in results] for name, results in runs.items()}
   timing = (payload.get("timing") or {}).get("arms")
   rows = report.comparison_rows(summaries, baseline=baseline, timing=timing)
+  edges = preset.get("lr_edges") or {}
+  for row in rows:
+    row["learning_rate"] = preset["optimizers"][row["optimizer"]].get("learning_rate")
+    row["lr_edge"] = edges.get(row["optimizer"])
   table = report.markdown_table(rows, baseline=baseline, references=payload.get("references"),
                                 timing=payload.get("timing"))
   first = next((r for results in runs.values() for r in results if not r.get("diverged")),
@@ -367,6 +377,7 @@ def write_report(payload: dict, out_dir: str) -> dict:
             f"{machine.get('device_kind', '')} × {machine.get('device_count', 1)} "
             f"({machine.get('cpu_count')} CPUs, {machine.get('platform', '')}), "
             f"jax {versions.get('jax')}, flax {versions.get('flax')}, optax {versions.get('optax')}")
+  header += f"; learning rates: {preset.get('rate_source', 'not recorded')}"
   shared = preset.get("shared_adam")
   if shared:
     header += ("; non-matrix leaves: AdamW " + ", ".join(f"{k} {v}" for k, v in shared.items())

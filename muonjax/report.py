@@ -177,6 +177,13 @@ def _speedup_cell(row: Mapping) -> str:
   return cell
 
 
+def _lr_cell(row: Mapping) -> str:
+  if row.get("learning_rate") is None:
+    return "—"
+  edge = row.get("lr_edge")
+  return f"{row['learning_rate']:g}" + (f" (grid edge: {edge})" if edge else "")
+
+
 def _time_ratio_cell(row: Mapping, own: bool) -> str:
   if own or row.get("time_ratio_q1") is None:
     return _fmt(row["time_ratio"], ".2f") + "×"
@@ -202,21 +209,24 @@ def markdown_table(rows: Sequence[Mapping], baseline: str = "adamw", *,
   unigram/bigram losses and flags every row whose loss is above the unigram's;
   ``timing`` (:func:`muonjax.step_timing.time_arms`, the rows built with its
   ``"arms"``) labels the time columns as interleaved, adds the paired ratio's
-  quartiles and the update-share column.
+  quartiles and the update-share column. Rows with a ``learning_rate`` get an
+  lr column (``lr_edge``: the tuning grid's edge the rate sits on, marked).
   """
   extra = " val accuracy | perplexity |" if accuracy else ""
+  with_lr = any(r.get("learning_rate") is not None for r in rows)
   time_head = ("time/step (ms, interleaved) | ratio vs " + baseline + " [quartiles] | "
                "update share |" if timing else f"time/step (ms) | ratio vs {baseline} |")
   lines = [
-      f"| optimizer | final val loss | Δ vs {baseline} [95 % CI] | verdict |{extra} "
+      f"| optimizer |{' lr |' if with_lr else ''} final val loss | Δ vs {baseline} [95 % CI] | verdict |{extra} "
       f"speed-up vs {baseline} [95 % CI] | {time_head}",
-      "|---|---|---|---|" + ("---|---|" if accuracy else "") + "---|---|---|"
+      "|---|---|---|---|" + ("---|" if with_lr else "") + ("---|---|" if accuracy else "") + "---|---|---|"
       + ("---|" if timing else ""),
   ]
   unigram = references.get("unigram") if references else None
   for r in rows:
+    lr_cell = f" {_lr_cell(r)} |" if with_lr else ""
     if r["val_loss"] is None:
-      lines.append(f"| {r['optimizer']} | diverged ({r['diverged']} of {r['seeds']} runs) |"
+      lines.append(f"| {r['optimizer']} |{lr_cell} diverged ({r['diverged']} of {r['seeds']} runs) |"
                    + " — |" * ((7 if accuracy else 5) + (1 if timing else 0)))
       continue
     cells = ""
@@ -227,7 +237,7 @@ def markdown_table(rows: Sequence[Mapping], baseline: str = "adamw", *,
             if unigram is not None and r["val_loss"] > unigram else "")
     own = r["optimizer"] == baseline
     lines.append(
-        f"| {r['optimizer']} | {_pm(r['val_loss'], r['val_loss_std'], r['seeds'], '.4f')}"
+        f"| {r['optimizer']} |{lr_cell} {_pm(r['val_loss'], r['val_loss_std'], r['seeds'], '.4f')}"
         f"{_diverged_note(r)}{flag} "
         f"| {'baseline' if own else _interval_cell(r.get('delta_interval'), '+.4f')} "
         f"| {'—' if own else r.get('verdict') or '—'} |{cells} "

@@ -205,6 +205,18 @@ def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def tuned_preset(preset, tuned: Mapping[str, Any], source: str):
+  """``preset`` (a ``ComparePreset``) at the tuned rates of ``tuned`` (a ``tune.json`` dict),
+  with ``rate_source`` and the grid edges of the rates recorded (the lr column marks them)."""
+  import dataclasses
+  results = tuned.get("results", tuned)
+  edges = {name: results[name]["edge"] for name in preset.optimizers
+           if name in results and results[name].get("edge")}
+  return dataclasses.replace(
+      preset, optimizers=tuned_optimizers(preset.optimizers, tuned),
+      rate_source=f"muonjax tune ({source})", lr_edges=edges)
+
+
 def tuned_optimizers(optimizers: Mapping[str, Mapping[str, Any]],
                      tuned: Mapping[str, Any]) -> dict:
   """``optimizers`` with each entry's ``learning_rate`` replaced by its tuned rate.

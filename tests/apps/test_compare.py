@@ -93,3 +93,31 @@ def test_default_rates_are_the_committed_tune_result():
     result = tuned["results"][name]
     assert entry["learning_rate"] == result["best_lr"], name
     assert result["edge"] is None and result["runs"] <= tuned["budget"], name
+
+
+def test_the_table_shows_each_rate_and_marks_grid_edges():
+  from muonjax import report, tune
+  preset = compare.get_preset("smoke")
+  tuned = {"results": {"adamw": {"best_lr": 1e-3, "edge": None},
+                       "muon": {"best_lr": 0.1, "edge": "high"}}}
+  tuned_preset = tune.tuned_preset(preset, tuned, "t/tune.json")
+  assert tuned_preset.lr_edges == {"muon": "high"}
+  assert tuned_preset.rate_source == "muonjax tune (t/tune.json)"
+  assert tuned_preset.optimizers["muon"]["learning_rate"] == 0.1
+  rows = [dict(optimizer=name, seeds=1, diverged=0, val_loss=3.0, val_loss_std=0.0,
+               time_per_step_ms=1.0, time_ratio=1.0, learning_rate=lr, lr_edge=edge)
+          for name, lr, edge in (("adamw", 1e-3, None), ("muon", 0.1, "high"))]
+  table = report.markdown_table(rows)
+  assert table.splitlines()[0].startswith("| optimizer | lr | final val loss |")
+  assert "| adamw | 0.001 | 3.0000 |" in table
+  assert "| muon | 0.1 (grid edge: high) | 3.0000 |" in table
+
+
+def test_flags_that_change_a_tuned_preset_say_so():
+  from muonjax import cli
+  args = cli.build_parser().parse_args(["compare", "--lr", "muon=0.03", "--steps", "50"])
+  preset = cli._comparison_preset(args)
+  assert preset.rate_source.startswith(compare.get_preset("default").rate_source)
+  assert "this run changes learning rates / optimizers, steps" in preset.rate_source
+  untouched = cli._comparison_preset(cli.build_parser().parse_args(["compare"]))
+  assert untouched.rate_source == compare.get_preset("default").rate_source
