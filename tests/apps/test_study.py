@@ -37,6 +37,7 @@ def _config(**changes):
 # --- one compiled step per learning-rate sweep and per seed set ------------------
 
 
+@pytest.mark.e2e  # a study's machinery on real (tiny) runs: CI's second tier
 def test_learning_rates_and_seed_do_not_change_the_compiled_program():
   text = lambda c: lower_train_step(c).as_text()
   reference = text(_config())
@@ -51,6 +52,7 @@ def test_learning_rates_and_seed_do_not_change_the_compiled_program():
     ("adamw", {}),
     ("momo", {}),
 ])
+@pytest.mark.e2e  # a study's machinery on real (tiny) runs: CI's second tier
 def test_build_optimizer_equals_the_alias_with_the_schedule(optimizer, hparams):
   config = _config(optimizer=optimizer, optimizer_hparams=hparams)
   model = models.build("gpt", rngs=0, max_seq_len=8, **TINY_GPT)
@@ -74,6 +76,7 @@ def test_build_optimizer_equals_the_alias_with_the_schedule(optimizer, hparams):
                                rtol=2e-5, atol=1e-7)
 
 
+@pytest.mark.e2e  # a study's machinery on real (tiny) runs: CI's second tier
 def test_build_optimizer_keeps_metadata_routing_across_updates():
   # LoopFormer's conditioning matrices go to AdamW by metadata; the optimizer is
   # rebuilt at every update and must keep routing them there.
@@ -92,6 +95,7 @@ def test_build_optimizer_keeps_metadata_routing_across_updates():
 # --- evaluation accuracy ------------------------------------------------------
 
 
+@pytest.mark.e2e  # a study's machinery on real (tiny) runs: CI's second tier
 def test_eval_metrics_accuracy_is_the_argmax_hit_rate():
   model = models.build("gpt", rngs=0, max_seq_len=8, **TINY_GPT)
   x = jax.random.randint(jax.random.key(1), (3, 8), 0, 64)
@@ -192,6 +196,7 @@ def test_lr_grid_entries_and_compare_entry_keys():
 # --- campaigns --------------------------------------------------------------------
 
 
+@pytest.mark.e2e  # a study's machinery on real (tiny) runs: CI's second tier
 def test_run_campaign_reads_a_finished_campaign_back(tmp_path, monkeypatch):
   preset = compare.get_preset("smoke")
   preset = dataclasses.replace(preset, optimizers={"adamw": {"learning_rate": 3e-3}}, steps=2,
