@@ -177,11 +177,15 @@ def _speedup_cell(row: Mapping) -> str:
   return cell
 
 
+def rate_cell(learning_rate: float, edge: Optional[str] = None) -> str:
+  """A learning rate as tables show it: ``0.01`` or ``0.01 (grid edge: high)``."""
+  return f"{learning_rate:g}" + (f" (grid edge: {edge})" if edge else "")
+
+
 def _lr_cell(row: Mapping) -> str:
   if row.get("learning_rate") is None:
     return "—"
-  edge = row.get("lr_edge")
-  return f"{row['learning_rate']:g}" + (f" (grid edge: {edge})" if edge else "")
+  return rate_cell(row["learning_rate"], row.get("lr_edge"))
 
 
 def _time_ratio_cell(row: Mapping, own: bool) -> str:

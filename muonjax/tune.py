@@ -187,10 +187,11 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
 
 def lr_cell(result: Mapping[str, Any]) -> str:
   """The tuned rate as a table shows it: ``0.01`` or ``0.01 (grid edge: high)``."""
+  from muonjax import report
+
   if result.get("best_lr") is None:
     return "every run diverged"
-  edge = result.get("edge")
-  return f"{result['best_lr']:g}" + (f" (grid edge: {edge})" if edge else "")
+  return report.rate_cell(result["best_lr"], result.get("edge"))
 
 
 def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
@@ -208,7 +209,6 @@ def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
 def tuned_preset(preset, tuned: Mapping[str, Any], source: str):
   """``preset`` (a ``ComparePreset``) at the tuned rates of ``tuned`` (a ``tune.json`` dict),
   with ``rate_source`` and the grid edges of the rates recorded (the lr column marks them)."""
-  import dataclasses
   results = tuned.get("results", tuned)
   edges = {name: results[name]["edge"] for name in preset.optimizers
            if name in results and results[name].get("edge")}
