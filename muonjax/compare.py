@@ -267,7 +267,8 @@ def summary(result: Mapping[str, Any], at_step: Optional[int] = None) -> dict:
     if final is None:
       raise ValueError(f"the run has no evaluation at step {at_step}")
   return dict(final_val_loss=final["eval_loss"], final_val_accuracy=final.get("eval_accuracy"),
-              time_per_step=result["time_per_step"], eval_history=_history_pairs(result))
+              time_per_step=result["time_per_step"], eval_history=_history_pairs(result),
+              final_terms=result.get("final_terms") or {})
 
 
 def run_comparison(preset: ComparePreset, out_dir: str, *,

@@ -14,8 +14,15 @@ studies share on top of that:
   rates in one campaign, the final loss against the learning rate (mean ± std
   over seeds, diverged runs counted), the best rate and the band of rates
   within 2 % of the best (:func:`muonjax.sweep.lr_band`);
+* :func:`tuned_campaign`: a campaign whose learning rates come from
+  :func:`muonjax.tune.tune_preset` run first (equal budget per entry, on a seed
+  the comparison does not evaluate on, so the chosen rate's own lucky run is
+  not one of the compared ones);
+* :func:`interior_lr_grid`: a multi-seed learning-rate grid extended, one
+  point at a time past the edge, until every entry's best rate is interior;
 * :func:`write_report`: ``report.md`` (every campaign's table under its
-  heading, with the facts of the runs) and ``study.json`` (the summary).
+  heading, with the facts of the runs, and a runtime table per campaign) and
+  ``study.json`` (the summary).
 
 Nothing here trains by itself: every run is :func:`muonjax.train.train`.
 """
@@ -29,9 +36,12 @@ import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from muonjax import compare, report, sweep
+from muonjax import compare, report, sweep, tune
 from muonjax.compare import ComparePreset
 from muonjax.tune import use_compilation_cache  # re-exported: the study scripts call it
+
+# The seed the studies tune on: none of the evaluation seeds (0, 1, 2, ...).
+TUNE_SEED = 100
 
 
 def run_campaign(root: str, name: str, preset: ComparePreset, *,
@@ -70,7 +80,92 @@ def run_campaign(root: str, name: str, preset: ComparePreset, *,
               f"{'n/a' if loss is None else format(loss, '.4f')} "
               f"({time.perf_counter() - start:.0f} s)")
       return on_step
-  return compare.run_comparison(preset, folder, on_run=on_run)
+  return dict(compare.run_comparison(preset, folder, on_run=on_run), campaign=name)
+
+
+def tune_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
+                  seed: int = TUNE_SEED, log: Optional[Callable[[str], None]] = print) -> dict:
+  """Runs (or reads back) :func:`muonjax.tune.tune_preset` of ``preset`` into ``<root>/<name>/``.
+
+  Every entry gets the same ``budget`` of one-seed runs on ``seed``.
+
+  Returns:
+    The ``tune.json`` dict, with ``campaign`` set to ``name``.
+
+  Raises:
+    ValueError: the folder holds a search of another preset, budget or seed.
+  """
+  folder = os.path.join(root, name)
+  path = os.path.join(folder, "tune.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      payload = json.load(f)
+    wanted = json.loads(json.dumps(dataclasses.asdict(preset), default=str))
+    if (payload["preset"], payload["budget"], payload["seed"]) != (wanted, budget, seed):
+      raise ValueError(f"{path} holds another search {name!r} (its preset, budget or seed "
+                       "differs); delete that folder to rerun it")
+    if log:
+      log(f"[{name}] already done: {path}")
+    return dict(payload, campaign=name)
+  on_run = None
+  if log:
+    def on_run(entry: str, lr: float):
+      start = time.perf_counter()
+
+      def on_step(step, record):
+        if step == preset.steps:
+          loss = record.get("eval_loss")
+          log(f"[{name}] {entry} lr {lr:g}: val loss "
+              f"{'n/a' if loss is None else format(loss, '.4f')} "
+              f"({time.perf_counter() - start:.0f} s)")
+      return on_step
+  return dict(tune.tune_preset(preset, folder, budget=budget, seed=seed, on_run=on_run),
+              campaign=name)
+
+
+def tuned_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
+                   seed: int = TUNE_SEED,
+                   log: Optional[Callable[[str], None]] = print) -> tuple[dict, dict]:
+  """Tunes every entry's learning rate, then runs the campaign at the tuned rates.
+
+  The search (:func:`tune_campaign`) goes to ``<root>/<name>/tune/``, starting
+  from each entry's ``learning_rate``; the comparison (:func:`run_campaign`,
+  every seed of ``preset``) to ``<root>/<name>/``. Its table's lr column marks
+  a tuned rate left on a grid edge.
+
+  Returns:
+    ``(search, campaign)``: the ``tune.json`` dict and the ``results.json`` dict.
+  """
+  search = tune_campaign(root, os.path.join(name, "tune"), preset, budget=budget, seed=seed,
+                         log=log)
+  tuned = tune.tuned_preset(
+      preset, search, f"budget {budget} runs per entry on seed {seed}, {name}/tune/")
+  return search, run_campaign(root, name, tuned, log=log)
+
+
+def tuned_rates(search: Mapping[str, Any]) -> dict[str, float]:
+  """entry → its tuned learning rate in a :func:`tune_campaign` result."""
+  return {name: r["best_lr"] for name, r in search["results"].items()}
+
+
+def edge_entries(search: Mapping[str, Any]) -> list[str]:
+  """The entries of a :func:`tune_campaign` result whose best rate is on a grid edge."""
+  return [name for name, r in search["results"].items() if r.get("edge")]
+
+
+def search_markdown(search: Mapping[str, Any], heading: str, *, note: str = "",
+                    level: str = "###") -> str:
+  """A learning-rate search's table (every tried rate, the chosen one) under ``heading``."""
+  p = search["preset"]
+  facts = (f"*{p['model']}, {p['steps']} steps of {p['batch_size']}×{p['seq_len']} tokens, "
+           f"{p['schedule']} schedule; budget {search['budget']} runs per entry, seed "
+           f"{search['seed']}; half-decade steps from each entry's start, extended past an "
+           "edge while the best sits on it, then the quarter-decade neighbours of the best.*")
+  parts = [f"{level} {heading}", "", facts, ""]
+  if note:
+    parts += [note, ""]
+  parts += [search["table"], ""]
+  return "\n".join(parts)
 
 
 def _preset_json(preset: ComparePreset) -> dict:
@@ -138,6 +233,44 @@ def lr_curves(payload: Mapping[str, Any], entries: Sequence[str],
   return curves
 
 
+def interior_lr_grid(root: str, name: str, preset: ComparePreset,
+                     entries: Mapping[str, Mapping[str, Any]],
+                     learning_rates: Mapping[str, Sequence[float]], *,
+                     factor: float = 10 ** 0.25, max_rounds: int = 6,
+                     log: Optional[Callable[[str], None]] = print) -> tuple[list[dict], dict, dict]:
+  """An :func:`lr_grid` campaign extended until every entry's best rate is interior.
+
+  After the campaign ``name``, every entry whose best mean loss sits at the
+  smallest (largest) rate of its grid gets one more rate, ``factor`` beyond
+  that edge, in a campaign ``name/extend-<k>``; this repeats (at most
+  ``max_rounds`` times) until no best rate is on an edge. A rate where a
+  seed diverged counts as worse than any finished one.
+
+  Returns:
+    ``(payloads, curves, grids)``: every campaign's ``results.json`` dict,
+    :func:`lr_curves` over all of them, and entry → its final grid (sorted).
+  """
+  grids = {e: sorted(float(lr) for lr in learning_rates[e]) for e in entries}
+  payloads = [run_campaign(root, name, lr_grid(preset, entries, grids), log=log)]
+  for k in range(1, max_rounds + 1):
+    curves = lr_curves({"rows": [r for p in payloads for r in p["rows"]]}, list(entries), grids)
+    extra = {}
+    for entry, curve in curves.items():
+      best, grid = curve["band"]["best_lr"], grids[entry]
+      if best is None or best == grid[0]:
+        extra[entry] = [float(f"{grid[0] / factor:.6g}")]
+      elif best == grid[-1]:
+        extra[entry] = [float(f"{grid[-1] * factor:.6g}")]
+    if not extra:
+      break
+    payloads.append(run_campaign(root, os.path.join(name, f"extend-{k}"),
+                                 lr_grid(preset, {e: entries[e] for e in extra}, extra), log=log))
+    for entry, rates in extra.items():
+      grids[entry] = sorted(grids[entry] + rates)
+  curves = lr_curves({"rows": [r for p in payloads for r in p["rows"]]}, list(entries), grids)
+  return payloads, curves, grids
+
+
 def best_learning_rates(curves: Mapping[str, Mapping]) -> dict[str, float]:
   """entry → the learning rate of its lowest mean final loss in :func:`lr_curves`."""
   best = {}
@@ -148,11 +281,12 @@ def best_learning_rates(curves: Mapping[str, Mapping]) -> dict[str, float]:
   return best
 
 
-def lr_table(curves: Mapping[str, Mapping]) -> str:
+def lr_table(curves: Mapping[str, Mapping], *, references: Optional[Mapping] = None) -> str:
   """Markdown: per entry, the loss at every rate, the best rate and the 2 % band.
 
   A best rate at either end of its grid is marked "(grid edge)": the optimum
-  may lie outside the grid.
+  may lie outside the grid. ``references`` (a campaign's unigram/bigram
+  losses) adds their line under the table.
   """
   rates = sorted({p[0] for c in curves.values() for p in c["points"]})
   head = "| method | " + " | ".join(f"{lr:g}" for lr in rates) + \
@@ -178,7 +312,8 @@ def lr_table(curves: Mapping[str, Mapping]) -> str:
       tail = (f"{b['best_lr']:g}{edge} | {b['best_loss']:.4f} | [{b['lo']:g}, {b['hi']:g}] | "
               f"{b['decades']:.2f} |")
     lines.append(f"| {entry} | " + " | ".join(cells) + " | " + tail)
-  return "\n".join(lines)
+  note = report.reference_note(references)
+  return "\n".join(lines) + (f"\n\n{note}" if note else "")
 
 
 def plot_lr_curves(curves: Mapping[str, Mapping], path: str, *, title: str = "",
@@ -259,13 +394,18 @@ def write_report(root: str, title: str, sections: Sequence[str], summary: Mappin
   """
   os.makedirs(root, exist_ok=True)
   wall = sum(float(c.get("wall_time") or 0.0) for c in campaigns)
-  runs = sum(len(results) for c in campaigns for results in c["runs"].values())
+  runs = sum(campaign_runs(c) for c in campaigns)
   text = [f"# {title}", ""]
   if intro:
     text += [intro.strip(), ""]
   text += [f"Compute: {runs} training runs in {len(campaigns)} campaigns, {wall / 60:.1f} min "
-           "of wall time (the sum of the campaigns' own measurements).", ""]
+           "of wall time (the sum of the campaigns' own measurements; per campaign at the end).",
+           ""]
   text += list(sections)
+  text += ["## Runtime per campaign", "", "| campaign | runs | wall time (min) |", "|---|---|---|"]
+  text += [f"| {c.get('campaign', '?')} | {campaign_runs(c)} | "
+           f"{float(c.get('wall_time') or 0.0) / 60:.1f} |" for c in campaigns]
+  text += [""]
   path = os.path.join(root, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(text).rstrip() + "\n")
@@ -275,6 +415,13 @@ def write_report(root: str, title: str, sections: Sequence[str], summary: Mappin
     json.dump(payload, f, indent=1, default=str)
   os.replace(tmp, os.path.join(root, "study.json"))
   return path
+
+
+def campaign_runs(payload: Mapping[str, Any]) -> int:
+  """Training runs of a campaign (``results.json``) or a search (``tune.json``)."""
+  if "runs" in payload and isinstance(payload["runs"], Mapping):
+    return sum(len(results) for results in payload["runs"].values())
+  return sum(int(r["runs"]) for r in payload["results"].values())
 
 
 # --- the scripts' command line ---------------------------------------------------

@@ -36,23 +36,31 @@ def apply_point(base, point: Mapping[str, Any]):
   return dataclasses.replace(base, optimizer_hparams=hparams, **direct)
 
 
-def lr_band(points: Sequence[tuple[float, float]], tolerance: float = 0.02) -> dict:
-  """Learning rates whose final loss is within ``tolerance`` (relative) of the best.
+def lr_band(points: Sequence[tuple[float, float]], tolerance: float = 0.02, *,
+            reference: Optional[float] = None) -> dict:
+  """Learning rates whose final loss is within ``tolerance`` (relative) of a reference loss.
 
   Args:
     points: ``(learning_rate, final_loss)`` pairs; non-finite losses count as failures.
-    tolerance: relative distance to the best loss (0.02: within 2 %).
+    tolerance: relative distance to the reference (0.02: within 2 %).
+    reference: the loss the band is measured from (default: the best of
+      ``points``; e.g. the best loss of every method, so that a uniformly poor
+      method gets an empty band instead of a wide one).
 
   Returns:
     ``best_lr``, ``best_loss``, ``lo``/``hi`` (smallest and largest lr in the
     band) and ``decades`` = log10(hi/lo): the width of the band in the grid's
-    resolution (0 when a single grid point qualifies).
+    resolution (0 when a single grid point qualifies; ``lo``/``hi``/``decades``
+    are ``None`` when no point is within the band of ``reference``).
   """
   finite = [(lr, loss) for lr, loss in points if loss is not None and math.isfinite(loss)]
   if not finite:
-    return {"best_lr": None, "best_loss": None, "lo": None, "hi": None, "decades": 0.0}
+    return {"best_lr": None, "best_loss": None, "lo": None, "hi": None, "decades": None}
   best_lr, best_loss = min(finite, key=lambda p: p[1])
-  band = [lr for lr, loss in finite if loss <= best_loss * (1 + tolerance)]
+  limit = (best_loss if reference is None else reference) * (1 + tolerance)
+  band = [lr for lr, loss in finite if loss <= limit]
+  if not band:
+    return {"best_lr": best_lr, "best_loss": best_loss, "lo": None, "hi": None, "decades": None}
   lo, hi = min(band), max(band)
   return {"best_lr": best_lr, "best_loss": best_loss, "lo": lo, "hi": hi,
           "decades": math.log10(hi / lo)}

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from typing import Any, Callable, Mapping, Optional
 
 # Grid positions are integers in quarter decades: lr = start · 10^(k/4).
@@ -158,6 +159,7 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
     compare.train_config(preset, name, seed)
   os.makedirs(out_dir, exist_ok=True)
   corpus = data.load_corpus(preset.data)
+  start = time.perf_counter()
   results = {}
   for name, entry in preset.optimizers.items():
     def evaluate(lr: float, name=name, entry=entry) -> Optional[float]:
@@ -174,8 +176,10 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
       return result["final_val_loss"]
     results[name] = search_learning_rate(evaluate, float(entry["learning_rate"]), budget=budget)
   payload = {"preset": json.loads(json.dumps(dataclasses.asdict(preset), default=str)),
-             "budget": budget, "seed": seed, "results": results}
-  payload["table"] = markdown_table(results)
+             "budget": budget, "seed": seed, "results": results,
+             "references": compare.comparison_references(preset, corpus),
+             "wall_time": time.perf_counter() - start}
+  payload["table"] = markdown_table(results, references=payload["references"])
   with open(os.path.join(out_dir, "tune.md"), "w") as f:
     f.write(payload["table"] + "\n")
   tmp = path + ".tmp"
@@ -194,8 +198,12 @@ def lr_cell(result: Mapping[str, Any]) -> str:
   return report.rate_cell(result["best_lr"], result.get("edge"))
 
 
-def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-  """One row per entry: tuned rate (edge-marked), its loss, runs, every tried point."""
+def markdown_table(results: Mapping[str, Mapping[str, Any]], *,
+                   references: Optional[Mapping[str, Any]] = None) -> str:
+  """One row per entry: tuned rate (edge-marked), its loss, runs, every tried point;
+  ``references`` (unigram/bigram losses) adds their line under the table."""
+  from muonjax import report
+
   lines = ["| entry | tuned lr | loss at tuned lr | runs | tried (lr: loss) |",
            "|---|---|---|---|---|"]
   for name, r in results.items():
@@ -203,7 +211,8 @@ def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
                       for lr, loss in r["points"])
     loss = "—" if r["best_loss"] is None else f"{r['best_loss']:.4f}"
     lines.append(f"| {name} | {lr_cell(r)} | {loss} | {r['runs']} | {tried} |")
-  return "\n".join(lines)
+  note = report.reference_note(references)
+  return "\n".join(lines) + (f"\n\n{note}" if note else "")
 
 
 def tuned_preset(preset, tuned: Mapping[str, Any], source: str):

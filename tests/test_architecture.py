@@ -60,7 +60,7 @@ FLOORS = {
     "muonjax.train": 6,
     "muonjax.cli": 7, "muonjax.__main__": 7, "muonjax.compare": 7, "muonjax.tune": 7,
     "muonjax.sweep": 7, "muonjax.study": 7, "muonjax.report": 7, "muonjax.intervals": 7,
-    "muonjax.bench": 7, "muonjax.demo": 7, "muonjax.step_timing": 7,
+    "muonjax.bench": 7, "muonjax.demo": 7, "muonjax.step_timing": 7, "muonjax.claims": 7,
 }
 
 

@@ -13,6 +13,8 @@ Sharding (``TrainConfig.mesh``): see :func:`train` and :mod:`muonjax.distributed
 
 from __future__ import annotations
 
+import collections
+
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -123,7 +125,7 @@ def train(
 
   Returns:
     A JSON-serialisable dict: ``final_train_loss``, ``final_val_loss``,
-    ``final_val_accuracy``, ``eval_history`` (``[{"step", "eval_loss", "eval_accuracy"}]``), ``time_per_step``
+    ``final_val_accuracy``, ``final_terms`` (the model's loss terms, mean over the last tenth of the steps this process ran), ``eval_history`` (``[{"step", "eval_loss", "eval_accuracy"}]``), ``time_per_step``
     (median, first step of this process excluded: ``None`` when it ran at
     most one step), ``tokens_per_s``, ``wall_time``, ``steps``,
     ``steps_run`` (by this call: 0 when a finished run is resumed, which
@@ -228,6 +230,10 @@ def _train(config, ckpt, *, resume, on_step, extra_args_fn, corpus, train_tokens
   committed = (state, start_step, stream.get_state())
   saved_step = latest if meta is not None else None  # only ever a verified checkpoint
   step_times: list[float] = []
+  # The model's loss terms (e.g. LoopFormer's ce / ce_short / consistency) of the
+  # last tenth of the steps, averaged into the result's ``final_terms``.
+  tail = max(1, config.steps // 10)
+  recent_terms: collections.deque = collections.deque(maxlen=tail)
   del state
   try:
     with deferred_sigint() as interrupted, engine.context():
@@ -265,6 +271,7 @@ def _train(config, ckpt, *, resume, on_step, extra_args_fn, corpus, train_tokens
           record["skipped"] = True
         committed = (new_state, step, stream_state)
         step_times.append(seconds)
+        recent_terms.append({name: float(v) for name, v in out["terms"].items()})
         if step == config.steps or (config.eval_every and step % config.eval_every == 0):
           val_loss, val_accuracy = jax.device_get(engine.eval_fn(new_state, val_x, val_y))
           record[metrics_lib.EVAL_KEY] = float(val_loss)
@@ -299,6 +306,8 @@ def _train(config, ckpt, *, resume, on_step, extra_args_fn, corpus, train_tokens
       final_train_loss=None if last_record is None else last_record["loss"],
       final_val_loss=history[-1]["eval_loss"] if history else None,
       final_val_accuracy=history[-1].get("eval_accuracy") if history else None,
+      final_terms={name: float(np.mean([t[name] for t in recent_terms]))
+                   for name in (recent_terms[0] if recent_terms else {})},
       eval_history=history,
       time_per_step=per_step,
       tokens_per_s=None if per_step is None else config.tokens_per_step / per_step,
