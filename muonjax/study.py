@@ -84,10 +84,11 @@ def run_campaign(root: str, name: str, preset: ComparePreset, *,
 
 
 def tune_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
-                  seed: int = TUNE_SEED, log: Optional[Callable[[str], None]] = print) -> dict:
+                  seed: int = TUNE_SEED, first_points: int = 3, log: Optional[Callable[[str], None]] = print) -> dict:
   """Runs (or reads back) :func:`muonjax.tune.tune_preset` of ``preset`` into ``<root>/<name>/``.
 
-  Every entry gets the same ``budget`` of one-seed runs on ``seed``.
+  Every entry gets the same ``budget`` of one-seed runs on ``seed``, the first
+  ``first_points`` of them a half-decade grid around its ``learning_rate``.
 
   Returns:
     The ``tune.json`` dict, with ``campaign`` set to ``name``.
@@ -101,7 +102,8 @@ def tune_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
     with open(path) as f:
       payload = json.load(f)
     wanted = json.loads(json.dumps(dataclasses.asdict(preset), default=str))
-    if (payload["preset"], payload["budget"], payload["seed"]) != (wanted, budget, seed):
+    if (payload["preset"], payload["budget"], payload["seed"],
+        payload.get("first_points", 3)) != (wanted, budget, seed, first_points):
       raise ValueError(f"{path} holds another search {name!r} (its preset, budget or seed "
                        "differs); delete that folder to rerun it")
     if log:
@@ -119,12 +121,12 @@ def tune_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
               f"{'n/a' if loss is None else format(loss, '.4f')} "
               f"({time.perf_counter() - start:.0f} s)")
       return on_step
-  return dict(tune.tune_preset(preset, folder, budget=budget, seed=seed, on_run=on_run),
-              campaign=name)
+  return dict(tune.tune_preset(preset, folder, budget=budget, seed=seed,
+                               first_points=first_points, on_run=on_run), campaign=name)
 
 
 def tuned_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
-                   seed: int = TUNE_SEED,
+                   seed: int = TUNE_SEED, first_points: int = 3,
                    log: Optional[Callable[[str], None]] = print) -> tuple[dict, dict]:
   """Tunes every entry's learning rate, then runs the campaign at the tuned rates.
 
@@ -137,7 +139,7 @@ def tuned_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
     ``(search, campaign)``: the ``tune.json`` dict and the ``results.json`` dict.
   """
   search = tune_campaign(root, os.path.join(name, "tune"), preset, budget=budget, seed=seed,
-                         log=log)
+                         first_points=first_points, log=log)
   tuned = tune.tuned_preset(
       preset, search, f"budget {budget} runs per entry on seed {seed}, {name}/tune/")
   return search, run_campaign(root, name, tuned, log=log)
@@ -159,7 +161,8 @@ def search_markdown(search: Mapping[str, Any], heading: str, *, note: str = "",
   p = search["preset"]
   facts = (f"*{p['model']}, {p['steps']} steps of {p['batch_size']}×{p['seq_len']} tokens, "
            f"{p['schedule']} schedule; budget {search['budget']} runs per entry, seed "
-           f"{search['seed']}; half-decade steps from each entry's start, extended past an "
+           f"{search['seed']}; a first grid of {search.get('first_points', 3)} half-decade steps "
+           "around each entry's start, extended past an "
            "edge while the best sits on it, then the quarter-decade neighbours of the best.*")
   parts = [f"{level} {heading}", "", facts, ""]
   if note:

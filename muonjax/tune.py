@@ -3,7 +3,8 @@
 The search (:func:`search_learning_rate`) works on a log grid in
 quarter-decade units around a starting rate:
 
-1. three half-decade points ``c/√10, c, c·√10``;
+1. three half-decade points ``c/√10, c, c·√10`` (``first_points=5``: five,
+   ``c/10 … c·10``, a grid spanning two decades);
 2. while the best rate is the smallest or the largest tried, one more
    half-decade point beyond that edge (a best rate on the edge of its grid is
    not a result);
@@ -49,21 +50,28 @@ def _loss_key(loss: Optional[float]) -> float:
   return math.inf if loss is None or not math.isfinite(loss) else loss
 
 
-def check_budget(budget) -> int:
-  """``budget`` if it is a whole number of runs >= 3 (the first grid), else ``ValueError``."""
-  if isinstance(budget, bool) or not isinstance(budget, int) or budget < 3:
-    raise ValueError(f"budget must be an integer >= 3 (the first grid); got {budget!r}")
+def check_budget(budget, first_points: int = 3) -> int:
+  """``budget`` if it is a whole number of runs >= ``first_points`` (the first grid), else
+  ``ValueError``; ``first_points`` must be an odd integer >= 3."""
+  if isinstance(first_points, bool) or not isinstance(first_points, int) or first_points < 3 \
+      or first_points % 2 == 0:
+    raise ValueError(f"first_points must be an odd integer >= 3; got {first_points!r}")
+  if isinstance(budget, bool) or not isinstance(budget, int) or budget < first_points:
+    raise ValueError(f"budget must be an integer >= {first_points} (the first grid); "
+                     f"got {budget!r}")
   return budget
 
 
 def search_learning_rate(evaluate: Callable[[float], Optional[float]], start: float, *,
-                         budget: int = DEFAULT_BUDGET) -> dict:
+                         budget: int = DEFAULT_BUDGET, first_points: int = 3) -> dict:
   """Searches the learning rate minimizing ``evaluate`` (see the module doc).
 
   Args:
     evaluate: ``lr -> final loss`` (``None``/NaN/Inf for a diverged run).
     start: the centre of the first grid.
-    budget: the most runs this search may use (≥ 3).
+    budget: the most runs this search may use (≥ ``first_points``).
+    first_points: the size of the first grid (odd; half-decade steps centred on
+      ``start``).
 
   Returns:
     ``{"points": [[lr, loss], ...] sorted by lr, "best_lr", "best_loss",
@@ -71,11 +79,12 @@ def search_learning_rate(evaluate: Callable[[float], Optional[float]], start: fl
     the smallest/largest tried (the budget ran out before it became interior).
 
   Raises:
-    ValueError: ``start`` not a positive finite number or ``budget`` < 3.
+    ValueError: ``start`` not a positive finite number, ``first_points`` not an
+      odd integer >= 3, or ``budget`` < ``first_points``.
   """
   if not (isinstance(start, (int, float)) and math.isfinite(start) and start > 0):
     raise ValueError(f"start must be a positive finite learning rate; got {start!r}")
-  check_budget(budget)
+  check_budget(budget, first_points)
   tried: dict[int, Optional[float]] = {}
 
   def run(k: int) -> None:
@@ -86,7 +95,8 @@ def search_learning_rate(evaluate: Callable[[float], Optional[float]], start: fl
   def best() -> int:  # ties go to the smaller rate
     return min(tried, key=lambda k: (_loss_key(tried[k]), k))
 
-  for k in (-HALF_DECADE, 0, HALF_DECADE):
+  half = first_points // 2
+  for k in range(-half * HALF_DECADE, half * HALF_DECADE + 1, HALF_DECADE):
     run(k)
   while len(tried) < budget:
     b = best()
@@ -128,7 +138,7 @@ def use_compilation_cache(path: Optional[str] = None) -> str:
 
 
 def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Optional[int] = None,
-                on_run: Optional[Callable[[str, float], Optional[Callable]]] = None) -> dict:
+                first_points: int = 3, on_run: Optional[Callable[[str, float], Optional[Callable]]] = None) -> dict:
   """Tunes ``learning_rate`` of every entry of ``preset`` (a ``ComparePreset``), one seed each.
 
   Each entry's own ``learning_rate`` is the centre of its first grid. Writes
@@ -140,6 +150,7 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
     out_dir: the folder of the results.
     budget: runs per entry (equal for every entry).
     seed: the search seed (default: the preset's first seed).
+    first_points: the size of every entry's first grid (see the module doc).
     on_run: ``on_run(entry, lr)`` returns the ``on_step`` callback of a run.
 
   Returns:
@@ -149,7 +160,7 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
   from muonjax import compare, data
   from muonjax.train import NonFiniteLossError, train
 
-  check_budget(budget)
+  check_budget(budget, first_points)
   path = os.path.join(out_dir, "tune.json")
   if os.path.exists(path):
     raise ValueError(f"{path} already exists; choose another --out")
@@ -174,9 +185,10 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
       except NonFiniteLossError:
         return None
       return result["final_val_loss"]
-    results[name] = search_learning_rate(evaluate, float(entry["learning_rate"]), budget=budget)
+    results[name] = search_learning_rate(evaluate, float(entry["learning_rate"]), budget=budget,
+                                         first_points=first_points)
   payload = {"preset": json.loads(json.dumps(dataclasses.asdict(preset), default=str)),
-             "budget": budget, "seed": seed, "results": results,
+             "budget": budget, "seed": seed, "first_points": first_points, "results": results,
              "references": compare.comparison_references(preset, corpus),
              "wall_time": time.perf_counter() - start}
   payload["table"] = markdown_table(results, references=payload["references"])
