@@ -106,7 +106,8 @@ def best_claim(payload: Mapping[str, Any], winner: str, *, claim: str, published
 
   ``reproduced`` when ``winner`` is below every other entry beyond its paired
   interval; ``contradicted`` when some entry is below ``winner`` beyond it;
-  ``inconclusive`` otherwise. The ours column names the closest rival.
+  ``inconclusive`` otherwise. The ours column names the closest rival (or the
+  entry furthest below ``winner``).
   """
   others = [e for e in (entries or list(payload["runs"])) if e != winner]
   if not others:
@@ -120,9 +121,9 @@ def best_claim(payload: Mapping[str, Any], winner: str, *, claim: str, published
   else:
     verdict = "inconclusive"
   means = {e: iv["mean"] for e, iv in checks.items() if iv["mean"] is not None}
-  rival = max(means, key=means.get) if means else others[0]  # the smallest margin
-  if verdict == "contradicted":
-    rival = min(means, key=means.get)  # the entry furthest below the winner
+  # The rival: the entry with the largest winner − entry (the smallest margin, or the
+  # entry furthest below the winner).
+  rival = max(means, key=means.get) if means else others[0]
   ours = f"{winner} − {rival}: {interval_text(checks[rival])}"
   return Claim(claim, published, ours, verdict, (reasons or {}).get(verdict, ""))
 

@@ -19,7 +19,7 @@ import pytest
 from flax import nnx
 
 import muonjax as mj
-from muonjax import compare, models, report, study
+from muonjax import compare, models, report, study, sweep
 from muonjax.models.ngpt import sphere_projection
 from muonjax.train import TrainConfig, build_optimizer, lower_train_step, schedule_for
 
@@ -304,3 +304,82 @@ def test_study_smoke(tmp_path, name, tables):
   for rows in summary["tables"].values():
     assert rows and all(r["val_loss"] is None or math.isfinite(r["val_loss"]) for r in rows)
   assert text.count("\n## ") >= len(tables)
+
+
+# --- tuned campaigns, interior grids, bands against a reference, the runtime table ---------
+
+
+def _fake_campaign(loss_of):
+  """A stand-in for run_campaign: every entry's seeds end at ``loss_of(entry, lr)`` (+ seed)."""
+  calls = []
+
+  def run(root, name, preset, *, log=None):
+    calls.append((name, sorted(preset.optimizers)))
+    runs = {e: [{"final_val_loss": loss_of(h.get("optimizer", e), h["learning_rate"]) + 0.01 * s}
+                for s in preset.seeds] for e, h in preset.optimizers.items()}
+    rows = [{"optimizer": e, "val_loss": sum(r["final_val_loss"] for r in v) / len(v),
+             "val_loss_std": 0.01, "seeds": len(v), "diverged": 0} for e, v in runs.items()]
+    return {"runs": runs, "rows": rows, "campaign": name, "wall_time": 60.0}
+  return run, calls
+
+
+def test_interior_lr_grid_extends_each_edge_until_interior(monkeypatch):
+  # a's optimum (1e-2) lies three quarter-decades above its grid (three extensions to
+  # reach it, a fourth to see past it); b's is inside.
+  loss = {"a": lambda lr: (math.log10(lr) + 2) ** 2, "b": lambda lr: (math.log10(lr) + 3) ** 2}
+  fake, calls = _fake_campaign(lambda opt, lr: 1.0 + loss[opt](lr))
+  monkeypatch.setattr(study, "run_campaign", fake)
+  preset = dataclasses.replace(compare.get_preset("smoke"), seeds=(0, 1, 2))
+  entries = {"a": {"optimizer": "a"}, "b": {"optimizer": "b"}}
+  payloads, curves, grids = study.interior_lr_grid(
+      "root", "grid", preset, entries, {"a": (1e-3, 10 ** -2.75), "b": (1e-4, 1e-3, 1e-2)},
+      log=None)
+  assert [c[0] for c in calls] == ["grid"] + [f"grid/extend-{k}" for k in (1, 2, 3, 4)]
+  assert all(names == ["a @ " + names[0].split(" @ ")[1]] for _, names in calls[1:])
+  assert grids["b"] == [1e-4, 1e-3, 1e-2]
+  assert grids["a"][-1] > 1e-2 and curves["a"]["band"]["best_lr"] == pytest.approx(1e-2, rel=1e-5)
+  assert len(payloads) == 5
+  for curve in curves.values():  # every best rate is interior
+    lrs = [p[0] for p in curve["points"]]
+    assert min(lrs) < curve["band"]["best_lr"] < max(lrs)
+
+
+def test_lr_band_against_the_best_of_all_methods():
+  points = [(1e-3, 3.0), (3e-3, 2.9), (1e-2, 3.05)]
+  own = sweep.lr_band(points, 0.05)
+  assert own["best_lr"] == 3e-3 and own["decades"] == pytest.approx(math.log10(3))
+  shared = sweep.lr_band(points, 0.05, reference=2.8)  # 2.94 is the limit
+  assert (shared["lo"], shared["hi"], shared["decades"]) == (3e-3, 3e-3, 0.0)
+  empty = sweep.lr_band(points, 0.05, reference=2.0)
+  assert empty["best_lr"] == 3e-3 and empty["decades"] is None and empty["lo"] is None
+
+
+def test_tuned_campaign_reads_back_and_refuses_another_search(tmp_path, monkeypatch):
+  preset = dataclasses.replace(compare.get_preset("smoke"), seeds=(0, 1),
+                               optimizers={"adamw": {"learning_rate": 3e-3}})
+  folder = tmp_path / "c" / "tune"
+  folder.mkdir(parents=True)
+  search = {"preset": json.loads(json.dumps(dataclasses.asdict(preset), default=str)),
+            "budget": 5, "seed": study.TUNE_SEED, "first_points": 3, "table": "| t |",
+            "results": {"adamw": {"best_lr": 1e-2, "edge": "high", "runs": 5,
+                                  "points": [[1e-2, 2.0]], "best_loss": 2.0}}}
+  (folder / "tune.json").write_text(json.dumps(search))
+  fake, calls = _fake_campaign(lambda opt, lr: lr)
+  monkeypatch.setattr(study, "run_campaign", fake)
+  got, campaign = study.tuned_campaign(str(tmp_path), "c", preset, budget=5, log=None)
+  assert got["campaign"] == os.path.join("c", "tune") and study.tuned_rates(got) == {"adamw": 1e-2}
+  assert study.edge_entries(got) == ["adamw"]
+  assert campaign["runs"]["adamw"][0]["final_val_loss"] == pytest.approx(1e-2)  # the tuned rate
+  assert "budget 5 runs per entry" in study.search_markdown(got, "h")
+  with pytest.raises(ValueError, match="another search"):
+    study.tuned_campaign(str(tmp_path), "c", preset, budget=6, log=None)
+
+
+def test_report_has_a_runtime_row_per_campaign(tmp_path):
+  search = {"campaign": "x/tune", "wall_time": 120.0,
+            "results": {"a": {"runs": 5}, "b": {"runs": 6}}}
+  campaign = {"campaign": "x", "wall_time": 30.0, "runs": {"a": [{}, {}], "b": [{}, {}]}}
+  study.write_report(str(tmp_path), "T", ["## s"], {}, campaigns=[search, campaign])
+  text = (tmp_path / "report.md").read_text()
+  assert "15 training runs in 2 campaigns, 2.5 min" in text
+  assert "| x/tune | 11 | 2.0 |" in text and "| x | 4 | 0.5 |" in text

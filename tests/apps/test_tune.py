@@ -64,11 +64,26 @@ def test_diverged_runs_push_towards_smaller_rates():
   assert tune.lr_cell(everything_diverges) == "every run diverged"
 
 
+def test_five_point_first_grid_spans_two_decades():
+  evaluate, calls = bowl(3e-3)
+  r = tune.search_learning_rate(evaluate, 3e-3, budget=7, first_points=5)
+  # The first five runs: half-decade steps from c/10 to c·10, then the refinement.
+  assert calls[:5] == pytest.approx([3e-4, 3e-3 / 10 ** 0.5, 3e-3, 3e-3 * 10 ** 0.5, 3e-2],
+                                    rel=1e-5)
+  assert r["runs"] == 7 and r["edge"] is None and r["best_lr"] == pytest.approx(3e-3)
+  assert sorted(calls[5:]) == pytest.approx([3e-3 / 10 ** 0.25, 3e-3 * 10 ** 0.25], rel=1e-5)
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError, match="start"):
     tune.search_learning_rate(lambda lr: 1.0, -1.0)
   with pytest.raises(ValueError, match="budget"):
     tune.search_learning_rate(lambda lr: 1.0, 0.1, budget=2)
+  with pytest.raises(ValueError, match="budget must be an integer >= 5"):
+    tune.search_learning_rate(lambda lr: 1.0, 0.1, budget=4, first_points=5)
+  for bad in (4, 1, True, 3.0):
+    with pytest.raises(ValueError, match="first_points"):
+      tune.search_learning_rate(lambda lr: 1.0, 0.1, budget=7, first_points=bad)
 
 
 def test_tuned_optimizers_replaces_rates_and_names_missing_entries():
@@ -116,6 +131,10 @@ def test_tune_preset_compiles_once_per_optimizer(tmp_path, compilation_cache):
   assert set(payload["results"]) == set(preset.optimizers)
   for r in payload["results"].values():
     assert r["runs"] == 3 and len(r["points"]) == 3
-  assert (tmp_path / "tune" / "tune.md").read_text().startswith("| entry | tuned lr")
+  table = (tmp_path / "tune" / "tune.md").read_text()
+  assert table.startswith("| entry | tuned lr") and "unigram" in table
+  refs = payload["references"]
+  assert refs["bigram"] < refs["unigram"] and payload["wall_time"] > 0
+  assert payload["first_points"] == 3
   with pytest.raises(ValueError, match="already exists"):
     tune.tune_preset(preset, str(tmp_path / "tune"), budget=3)

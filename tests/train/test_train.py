@@ -218,6 +218,8 @@ def test_log_records_result_and_callback(corpus_file, tmp_path):
 
   assert result["final_train_loss"] == records[-1]["loss"]
   assert result["final_val_loss"] == records[-1]["eval_loss"]
+  # The loss terms averaged over the last tenth of the steps (here: the last one).
+  assert result["final_terms"] == {"ce": pytest.approx(records[-1]["ce"])}
   assert [h["step"] for h in result["eval_history"]] == [3, 6]
   assert result["time_per_step"] > 0 and result["tokens_per_s"] > 0
   assert result["n_params"] == models.param_count(models.build("gpt", vocab_size=256,
