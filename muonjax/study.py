@@ -68,19 +68,28 @@ def run_campaign(root: str, name: str, preset: ComparePreset, *,
     if log:
       log(f"[{name}] already done: {path}")
     return compare.write_report(payload, folder)  # the tables with this version's code
-  on_run = None
-  if log:
-    def on_run(entry: str, seed: int):
-      start = time.perf_counter()
+  return dict(compare.run_comparison(preset, folder, on_run=_progress(name, preset.steps, log,
+                                                                      "seed")),
+              campaign=name)
 
-      def on_step(step, record):
-        if step == preset.steps:
-          loss = record.get("eval_loss")
-          log(f"[{name}] {entry} seed {seed}: val loss "
-              f"{'n/a' if loss is None else format(loss, '.4f')} "
-              f"({time.perf_counter() - start:.0f} s)")
-      return on_step
-  return dict(compare.run_comparison(preset, folder, on_run=on_run), campaign=name)
+
+def _progress(name: str, steps: int, log: Optional[Callable[[str], None]], what: str):
+  """``on_run(entry, value)`` logging one line per finished run (``what``: "seed" or "lr",
+  the value that tells the entry's runs apart); ``None`` without ``log``."""
+  if not log:
+    return None
+
+  def on_run(entry: str, value):
+    start = time.perf_counter()
+
+    def on_step(step, record):
+      if step == steps:
+        loss = record.get("eval_loss")
+        log(f"[{name}] {entry} {what} {value:g}: val loss "
+            f"{'n/a' if loss is None else format(loss, '.4f')} "
+            f"({time.perf_counter() - start:.0f} s)")
+    return on_step
+  return on_run
 
 
 def tune_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
@@ -109,20 +118,9 @@ def tune_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
     if log:
       log(f"[{name}] already done: {path}")
     return dict(payload, campaign=name)
-  on_run = None
-  if log:
-    def on_run(entry: str, lr: float):
-      start = time.perf_counter()
-
-      def on_step(step, record):
-        if step == preset.steps:
-          loss = record.get("eval_loss")
-          log(f"[{name}] {entry} lr {lr:g}: val loss "
-              f"{'n/a' if loss is None else format(loss, '.4f')} "
-              f"({time.perf_counter() - start:.0f} s)")
-      return on_step
   return dict(tune.tune_preset(preset, folder, budget=budget, seed=seed,
-                               first_points=first_points, on_run=on_run), campaign=name)
+                               first_points=first_points,
+                               on_run=_progress(name, preset.steps, log, "lr")), campaign=name)
 
 
 def tuned_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
