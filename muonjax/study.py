@@ -67,7 +67,8 @@ def run_campaign(root: str, name: str, preset: ComparePreset, *,
                        "delete that folder to rerun it")
     if log:
       log(f"[{name}] already done: {path}")
-    return compare.write_report(payload, folder)  # the tables with this version's code
+    # The tables with this version's code.
+    return dict(compare.write_report(payload, folder), campaign=name)
   return dict(compare.run_comparison(preset, folder, on_run=_progress(name, preset.steps, log,
                                                                       "seed")),
               campaign=name)

@@ -207,6 +207,7 @@ def test_run_campaign_reads_a_finished_campaign_back(tmp_path, monkeypatch):
   lines = []
   again = study.run_campaign(str(tmp_path), "c", preset, log=lines.append)
   assert again["rows"] == json.loads(json.dumps(first["rows"]))
+  assert first["campaign"] == again["campaign"] == "c"  # the runtime table names it
   assert lines and "already done" in lines[0]
   with pytest.raises(ValueError, match="preset differs"):
     study.run_campaign(str(tmp_path), "c", dataclasses.replace(preset, steps=3), log=None)
