@@ -136,7 +136,8 @@ def test_claim_rows_cover_the_papers_claims_present():
                                "MuonMax-Momo": WIDE})
   rows = S.claim_rows(runs, curves, grids, S.best_of_all(curves))
   assert len(rows) == 6  # two MuonMax-vs-MuonAdam, two Momo bands, two Momo losses
-  assert rows[0].verdict == "contradicted"  # MuonMax's band is empty, MuonAdam's is not
+  # MuonMax's band is empty, MuonAdam's one rate: one grid step apart, within the resolution.
+  assert rows[0].verdict == "inconclusive" and "resolution" in rows[0].reason
   assert rows[1].verdict == "contradicted" and rows[1].reason
   assert rows[2].verdict == "reproduced" and rows[3].verdict == "reproduced"
 
@@ -180,3 +181,10 @@ def test_smoke_preset_end_to_end(tmp_path):
              for c in summary["claims"])
   assert "of 4 claims." in text
   assert (out / "grid" / "results.json").exists() and (out / "lr.png").stat().st_size > 0
+
+
+def test_band_extensions_name_the_open_ends_of_bands_within_10_percent_of_all():
+  flat = {lr: [2.0, 2.01, 2.02] for lr in R}  # every rate in: both ends open
+  _, curves, grids = _grid({"flat": flat, "wide": WIDE, "poor": POOR})
+  extra = S.band_extensions(curves, grids, S.best_of_all(curves))
+  assert extra == {"flat": [float(f"{R[0] / S.STEP:.6g}"), float(f"{R[-1] * S.STEP:.6g}")]}
