@@ -281,17 +281,6 @@ def _run_script(name, tmp_path):
   return out, report_text, summary
 
 
-@pytest.mark.e2e
-def test_lr_sensitivity_study_smoke(tmp_path):
-  out, text, summary = _run_script("study_lr_sensitivity", tmp_path)
-  assert set(summary["curves"]) == {"AdamW", "MuonMax-Momo"}
-  for curve in summary["curves"].values():
-    assert [p[0] for p in curve["points"]] == [1e-3, 1e-2]
-    assert all(p[1] is None or math.isfinite(p[1]) for p in curve["points"])
-  assert "| AdamW |" in text and (out / "lr_sensitivity.png").stat().st_size > 0
-  assert (out / "grid" / "results.json").exists()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name,tables", [
     ("study_looped", {"loopformer_short", "loopformer_long", "mor_long", "hyperloop_long"}),
