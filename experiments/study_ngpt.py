@@ -195,6 +195,13 @@ def plot_joint(results: dict, grids: dict, path: str) -> str:
   return study.plot_lr_curves(curves, path, title="nGPT: lr × branch lr (seed 100)")
 
 
+def extension_text(searches) -> str:
+  """Which branch rates the extension rounds added, and for which family (or nothing)."""
+  added = [f"{n} (`{s['campaign']}`, {r['runs']} runs)" for s in searches[1:]
+           for n, r in s["results"].items()]
+  return f": {', '.join(added)}, the difference in runs" if added else ""
+
+
 def run_budget(searches) -> dict:
   """family → runs its joint search used."""
   return {f: sum(r["runs"] for s in searches for n, r in s["results"].items()
@@ -281,12 +288,28 @@ def mean_loss(payload: dict, entry: str) -> float:
 
 
 def tolerance_interval(payload: dict, k: int) -> dict:
-  """Paired interval of [L_Muon(every k) − L_Muon(every 1)] − [L_Adam(every k) − L_Adam(every 1)]
+  """Paired interval of [L_Muon(k) − L_Muon(1)] − [L_Adam(k) − L_Adam(1)] (L(k): every k)
   over seeds: below 0 when lazy projection costs Muon less than Adam."""
   cost = lambda f: [None if a is None or b is None else a - b for a, b in zip(
       claims.losses(payload, f"{f}, project every {k}"),
       claims.losses(payload, f"{f}, project every 1"))]
   return intervals.paired_interval(cost("Muon"), cost("Adam"))
+
+
+def lazy_table(sphere: dict, lazy_every) -> str:
+  """Markdown: each family's lazy-projection arms against its own every-1 arm (paired)."""
+  lines = ["| family | every k | final val loss (mean) | Δ vs every 1 [95 % CI] | verdict |",
+           "|---|---|---|---|---|"]
+  for f in FAMILIES:
+    for k in lazy_every:
+      arm = f"{f}, project every {k}"
+      if k == 1:
+        lines.append(f"| {f} | 1 | {mean_loss(sphere, arm):.4f} | baseline | — |")
+        continue
+      iv = claims.paired(sphere, arm, f"{f}, project every 1")
+      lines.append(f"| {f} | {k} | {mean_loss(sphere, arm):.4f} | {claims.interval_text(iv)} "
+                   f"| {intervals.verdict(iv)} |")
+  return "\n".join(lines)
 
 
 def lr_claim(sphere: dict, tuned_lr: float, edge) -> claims.Claim:
@@ -310,7 +333,7 @@ def lr_claim(sphere: dict, tuned_lr: float, edge) -> claims.Claim:
 
 
 def geodesic_claims(sphere: dict) -> list:
-  """θ = lr·‖U‖ against projection (paired); θ = lr reported but not claimed (library defect)."""
+  """θ = lr·‖U‖ against projection (paired); θ = lr reported, not claimed (library defect)."""
   reference, edges = mean_loss(sphere, MUON_K1), sphere["preset"]["lr_edges"]
   rows = []
   for arm in (GEO_NORM, GEO_LR):
@@ -336,7 +359,8 @@ def geodesic_claims(sphere: dict) -> list:
 def claim_rows(sphere, features, best, results, lazy_every) -> list:
   """One row per hypothesis of the plan."""
   m, a = results[best["Muon"]["label"]], results[best["Adam"]["label"]]
-  edges = [f"{f} lr" for f, r in (("Muon", m), ("Adam", a)) if r.get("edge")] + [f"{f} branch lr" for f in FAMILIES if best[f]["edge"]]
+  edges = ([f"{f} lr" for f, r in (("Muon", m), ("Adam", a)) if r.get("edge")]
+           + [f"{f} branch lr" for f in FAMILIES if best[f]["edge"]])
   rows = [guard(claims.lower_claim(
       sphere, MUON_K1, ADAM_K1, claim="Muon beats Adam on (gated) nGPT",
       published=f"Adam {PLAN_ADAM_LOSS} (target for Muon; no Muon number)",
@@ -401,7 +425,8 @@ def run(args, log) -> dict:
     rate, label, edge = best_branch(results, f, grids[f])
     start = p.muon_start if f == "Muon" else p.adam_start
     best[f] = dict(rate=rate, label=label, edge=edge, lr=results[label]["best_lr"],
-                   entry=dict(family_entry(f, rate, start), learning_rate=results[label]["best_lr"]))
+                   entry=dict(family_entry(f, rate, start),
+                              learning_rate=results[label]["best_lr"]))
   plot_joint(results, grids, os.path.join(root, "joint", "lr.png"))
   geo_search, sphere = sphere_campaign(root, base, p, best, results, log)
   feat_search, features = features_campaign(root, base, p, best, results, log)
@@ -411,11 +436,13 @@ def run(args, log) -> dict:
   sections = [
       "## 1. Learning-rate sweep (joint: Muon's lr × its AdamW-branch lr, Adam's lr × its "
       "non-matrix lr)", "",
-      f"Each cell: the tuned lr (`muonjax tune`, {p.budget} runs, seed {study.TUNE_SEED}) at one "
-      "rate of the AdamW branch (Muon: embeddings, head, eigen-rates, scales, gates) or, for "
+      f"Each cell: the tuned lr (`muonjax tune`, at most {p.budget} runs, seed "
+      f"{study.TUNE_SEED}) at one rate of the AdamW branch (Muon: embeddings, head, eigen-rates, scales, gates) or, for "
       "Adam (β₂ 0.95, no weight decay), of the same non-matrix leaves; loss at the tuned lr. "
-      f"Runs: Muon {budget['Muon']}, Adam {budget['Adam']} (the branch grid grows past an "
-      "edge for a family whose best pair sits there). The best pair of each family (lowest tune "
+      f"Runs: Muon {budget['Muon']}, Adam {budget['Adam']} (each search stops once its best "
+      f"rate is interior and refined, so a pair may use fewer than {p.budget}; the branch grid "
+      f"grows past an edge for a family whose best pair sits there{extension_text(searches)}). "
+      "The best pair of each family (lowest tune "
       "loss, on the held-out tuning seed) is used from here on. Plot: `joint/lr.png`.", "",
       joint_table(results, grids), "",
       *[study.search_markdown(s, f"1.{i + 1} Search `{s['campaign']}`")
@@ -427,6 +454,9 @@ def run(args, log) -> dict:
                f"{best['Muon']['rate']:g}; Adam at {best['Adam']['lr']:g} with its non-matrix "
                f"leaves at {best['Adam']['rate']:g}; lazy arms keep the rate tuned at every 1. "
                + GEODESIC_SCOPE),
+      "### 2b. Lazy projection: each family against its own projection every step", "",
+      "Paired over the evaluation seeds; the rate stays the one tuned at every 1.", "",
+      lazy_table(sphere, p.lazy_every), "",
       study.search_markdown(feat_search, "3a. Feature searches"),
       study.campaign_markdown(
           features, "3. modded-nanogpt features (each at its own tuned rate)",

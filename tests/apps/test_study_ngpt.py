@@ -156,3 +156,13 @@ def test_study_ngpt_smoke(tmp_path):
     for name, r in tuned["results"].items():
       assert r["edge"] is None or f"{name} (lr {r['best_lr']:g}, {r['edge']}" in text
   assert "Reference losses" in text
+
+
+def test_lazy_table_pairs_each_family_with_its_own_every_1():
+  sphere = _payload({"Muon, project every 1": [2.0, 2.1, 2.2],
+                     "Muon, project every 7": [2.1, 2.2, 2.31],
+                     "Adam, project every 1": [2.5, 2.6, 2.7],
+                     "Adam, project every 7": [2.5, 2.61, 2.69]})
+  table = ngpt.lazy_table(sphere, (1, 7))
+  assert "| Muon | 7 | 2.2033 | +0.1033 [" in table and "| worse |" in table
+  assert "| Adam | 7 | 2.6000 | +0.0000 [" in table and "| tie |" in table
