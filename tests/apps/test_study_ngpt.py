@@ -165,4 +165,4 @@ def test_lazy_table_pairs_each_family_with_its_own_every_1():
                      "Adam, project every 7": [2.5, 2.61, 2.69]})
   table = ngpt.lazy_table(sphere, (1, 7))
   assert "| Muon | 7 | 2.2033 | +0.1033 [" in table and "| worse |" in table
-  assert "| Adam | 7 | 2.6000 | +0.0000 [" in table and "| tie |" in table
+  assert "| Adam | 7 | 2.6000 | " in table and "(3 seeds) | tie |" in table
