@@ -234,7 +234,8 @@ def sphere_campaign(root, base, p, best, results, log):
                              f"{study.TUNE_SEED}; {MUON_MODDED} set by hand")
   preset = dataclasses.replace(preset, optimizers=dict(
       preset.optimizers, **{MUON_MODDED: dict(muon, learning_rate=MODDED_MUON_LR)}))
-  return geo_search, study.run_campaign(root, "sphere", preset, log=log)
+  # The read-back of a finished campaign does not carry its name: set it for the runtime table.
+  return geo_search, dict(study.run_campaign(root, "sphere", preset, log=log), campaign="sphere")
 
 
 def feature_entries(muon: dict, p) -> dict:
@@ -258,7 +259,7 @@ def features_campaign(root, base, p, best, results, log):
       base, optimizers={"Muon (NS5)": muon, **entries}, baseline="Muon (NS5)"),
       {"results": rates}, f"features/tune/ (budget {p.budget} each) and joint/ (Muon), seed "
                           f"{study.TUNE_SEED}")
-  return search, study.run_campaign(root, "features", preset, log=log)
+  return search, dict(study.run_campaign(root, "features", preset, log=log), campaign="features")
 
 
 # --- claims -------------------------------------------------------------------------
@@ -312,6 +313,16 @@ def lazy_table(sphere: dict, lazy_every) -> str:
   return "\n".join(lines)
 
 
+def p_runs(budget: dict) -> str:
+  """The joint search's runs per family, and which family had more."""
+  text = ", ".join(f"{f} {n} runs" for f, n in budget.items())
+  if budget["Adam"] > budget["Muon"]:
+    text += "; Adam's search was the larger one"
+  elif budget["Muon"] > budget["Adam"]:
+    text += "; Muon's search was the larger one"
+  return text
+
+
 def lr_claim(sphere: dict, tuned_lr: float, edge) -> claims.Claim:
   """Muon's best lr > 0.023: the tuned rate's loss against 0.023's, paired over seeds."""
   iv = claims.paired(sphere, MUON_K1, MUON_MODDED)
@@ -356,17 +367,17 @@ def geodesic_claims(sphere: dict) -> list:
   return rows
 
 
-def claim_rows(sphere, features, best, results, lazy_every) -> list:
-  """One row per hypothesis of the plan."""
+def claim_rows(sphere, features, best, results, lazy_every, budget) -> list:
+  """One row per hypothesis of the plan (``budget``: family → runs of its joint search)."""
   m, a = results[best["Muon"]["label"]], results[best["Adam"]["label"]]
   edges = ([f"{f} lr" for f, r in (("Muon", m), ("Adam", a)) if r.get("edge")]
            + [f"{f} branch lr" for f in FAMILIES if best[f]["edge"]])
   rows = [guard(claims.lower_claim(
       sphere, MUON_K1, ADAM_K1, claim="Muon beats Adam on (gated) nGPT",
       published=f"Adam {PLAN_ADAM_LOSS} (target for Muon; no Muon number)",
-      reasons={"reproduced": "both tuned jointly with their branch rate, equal budgets",
-               "contradicted": "both tuned jointly with their branch rate, equal budgets",
-               "inconclusive": "the seeds do not separate them"}), edges),
+      reasons={v: f"both tuned jointly with their branch rate ({p_runs(budget)})"
+               + ("" if v != "inconclusive" else "; the seeds do not separate them")
+               for v in claims.VERDICTS}), edges),
       lr_claim(sphere, m["best_lr"], m.get("edge"))]
   rows += geodesic_claims(sphere)
   if PAIR in features["runs"]:
@@ -431,7 +442,7 @@ def run(args, log) -> dict:
   geo_search, sphere = sphere_campaign(root, base, p, best, results, log)
   feat_search, features = features_campaign(root, base, p, best, results, log)
   budget = run_budget(searches)
-  rows = claim_rows(sphere, features, best, results, p.lazy_every)
+  rows = claim_rows(sphere, features, best, results, p.lazy_every, budget)
 
   sections = [
       "## 1. Learning-rate sweep (joint: Muon's lr × its AdamW-branch lr, Adam's lr × its "
