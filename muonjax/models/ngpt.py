@@ -90,6 +90,9 @@ _NORM_FLOOR = 1e-12
 # The sphere stage's settings (:func:`sphere_projection`), fields of :class:`NGPTConfig`.
 SPHERE_UPDATES = ("project", "geodesic")
 SPHERE_THETAS = ("lr", "norm")
+# Which unit vectors take the geodesic move: all, or only the blocks' matrices (the
+# embedding and head, trained by the AdamW branch of a Muon chain, are projected).
+SPHERE_SCOPES = ("all", "blocks")
 
 
 def unit(x: jax.Array, axis: int = -1) -> jax.Array:
@@ -149,7 +152,8 @@ def normalize_weights(model: nnx.Module) -> nnx.Module:
 
 
 def sphere_projection(model_or_axes: Any, *, mode: str = "project", every: int = 1,
-                      theta: str = "lr", learning_rate: Any = 1.0) -> optax.GradientTransformation:
+                      theta: str = "lr", learning_rate: Any = 1.0,
+                      scope: str = "all") -> optax.GradientTransformation:
   """Post-step sphere stage: append it to any chain whose output is the update.
 
   ``optax.chain(tx, sphere_projection(model))`` applies ``tx``'s update Δ and then
@@ -161,7 +165,11 @@ def sphere_projection(model_or_axes: Any, *, mode: str = "project", every: int =
     renormalization only on every k-th step (nGPT's ``lazy_proj_freq``);
   * ``mode="geodesic"``: an exact great-circle move of each unit vector towards
     the tangent part of Δ by ``θ = learning_rate`` (``theta="lr"``; pass the
-    run's schedule) or ``θ = ‖Δ‖ = η‖U‖`` per vector (``theta="norm"``).
+    run's schedule) or ``θ = ‖Δ‖ = η‖U‖`` per vector (``theta="norm"``);
+    unconstrained leaves get W + Δ in every mode. ``scope="blocks"``: only
+    the leaves under ``blocks`` move along geodesics, the other constrained
+    leaves (nGPT's embedding and head) are projected — in a Muon chain those
+    train in the AdamW branch, whose step is not Muon's angle.
 
   Args:
     model_or_axes: an NNX model or state (axes read by :func:`muonjax.sphere_axes`),
@@ -170,16 +178,41 @@ def sphere_projection(model_or_axes: Any, *, mode: str = "project", every: int =
     every: lazy projection period (``"project"`` only).
     theta: geodesic angle rule, ``"lr"`` or ``"norm"``.
     learning_rate: η of ``theta="lr"`` (float or schedule).
+    scope: ``"all"`` or ``"blocks"`` (geodesic mode only).
   """
   check_choice("theta", theta, SPHERE_THETAS)  # mode and every: hypersphere checks them
+  check_choice("scope", scope, SPHERE_SCOPES)
+  if scope != "all" and mode != "geodesic":
+    raise ValueError(f"scope={scope!r} applies to mode='geodesic' only")
   axes = (sphere_axes(model_or_axes)
           if isinstance(model_or_axes, (nnx.Module, nnx.State)) else model_or_axes)
   if mode == "project":
-    stage = hypersphere(1.0, axes=axes, mode="project", every=every)
-  else:
-    stage = hypersphere(learning_rate if theta == "lr" else 1.0, axes=axes, mode="geodesic",
-                        theta=theta)
-  return optax.chain(optax.scale(-1.0), stage)
+    return optax.chain(optax.scale(-1.0), hypersphere(1.0, axes=axes, mode="project",
+                                                      every=every))
+  # The input Δ is already scaled: step size 1 (unconstrained leaves: W + Δ), and θ = η
+  # (theta="lr") or θ = ‖Δ‖ (theta="norm").
+  geodesic_axes = axes if scope == "all" else _split_axes(axes, in_blocks=True)
+  stage = optax.chain(optax.scale(-1.0), hypersphere(
+      1.0, axes=geodesic_axes, mode="geodesic", theta=theta,
+      angle=learning_rate if theta == "lr" else None))
+  if scope == "all":
+    return stage
+  # The constrained leaves outside the blocks: W + Δ, then renormalized.
+  return optax.chain(stage, optax.scale(-1.0), hypersphere(
+      1.0, axes=_split_axes(axes, in_blocks=False), mode="project"))
+
+
+def _split_axes(axes: Any, *, in_blocks: bool) -> Any:
+  """The axes of the leaves under ``blocks`` (``in_blocks``) or of the others; ``None``
+  (unconstrained) elsewhere. Takes and returns a tree or a ``params -> tree`` callable."""
+  if callable(axes):
+    return lambda params: _split_axes(axes(params), in_blocks=in_blocks)
+
+  def keep(path, axis):
+    first = path[0]
+    name = getattr(first, "key", getattr(first, "name", None))
+    return axis if (name == "blocks") == in_blocks else None
+  return jax.tree_util.tree_map_with_path(keep, axes)
 
 
 # ----------------------------------------------------------------------------- config
@@ -187,7 +220,7 @@ def sphere_projection(model_or_axes: Any, *, mode: str = "project", every: int =
 
 @dataclasses.dataclass(frozen=True)
 class NGPTConfig:
-  """nGPT's fields; the last three set the sphere stage the trainer chains after the
+  """nGPT's fields; the last four set the sphere stage the trainer chains after the
   optimizer (:meth:`NGPT.optimizer_constraint`, :func:`sphere_projection`).
 
   Attributes:
@@ -197,6 +230,8 @@ class NGPTConfig:
       k-th step only).
     sphere_theta: geodesic angle, ``"lr"`` (θ = the scheduled η) or
       ``"norm"`` (θ = η‖U‖ per vector).
+    sphere_scope: geodesic moves for every constrained vector (``"all"``) or
+      only the blocks' (``"blocks"``: the embedding and head are projected).
   """
 
   vocab_size: int = 256
@@ -213,6 +248,7 @@ class NGPTConfig:
   sphere_update: str = "project"
   sphere_every: int = 1
   sphere_theta: str = "lr"
+  sphere_scope: str = "all"
 
   def __post_init__(self):
     cls = type(self).__name__
@@ -237,6 +273,12 @@ class NGPTConfig:
     if self.sphere_theta not in SPHERE_THETAS:
       raise ValueError(f"{cls}.sphere_theta must be one of {SPHERE_THETAS}; "
                        f"got {self.sphere_theta!r}")
+    if self.sphere_scope not in SPHERE_SCOPES:
+      raise ValueError(f"{cls}.sphere_scope must be one of {SPHERE_SCOPES}; "
+                       f"got {self.sphere_scope!r}")
+    if self.sphere_scope != "all" and self.sphere_update != "geodesic":
+      raise ValueError(f"{cls}.sphere_scope={self.sphere_scope!r} applies to "
+                       "sphere_update='geodesic' only")
     checks.positive_int(self, "sphere_every")
     if self.sphere_every != 1 and self.sphere_update != "project":
       raise ValueError(f"{cls}.sphere_every (lazy projection) applies to "
@@ -384,7 +426,8 @@ class NGPT(nnx.Module):
     """
     c = self.config
     return sphere_projection(self, mode=c.sphere_update, every=c.sphere_every,
-                             theta=c.sphere_theta, learning_rate=learning_rate)
+                             theta=c.sphere_theta, learning_rate=learning_rate,
+                             scope=c.sphere_scope)
 
   def hidden_states(self, tokens: jax.Array) -> jax.Array:
     """Every hidden state, (n_layers + 1, B, T, d): h₀ and the output of each layer."""

@@ -16,7 +16,7 @@ and an untied head ``(d, V)`` over axis 0 (stacked kernels shift by one).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, NamedTuple, Union
+from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +61,7 @@ def _project_step(w, d, lr, axis, renormalize, eps):
   return jnp.where(renormalize, moved / (_norm(moved, axis) + eps), moved)
 
 
-def _geodesic_step(w, d, lr, axis, theta_rule, eps):
+def _geodesic_step(w, d, lr, axis, theta_rule, eps, *, angle):
   w_hat = w / (_norm(w, axis) + eps)
   g = -d
   tangent = g
@@ -71,7 +71,7 @@ def _geodesic_step(w, d, lr, axis, theta_rule, eps):
   parallel = t_norm <= _PARALLEL_RTOL * _norm(g, axis) + eps
   direction = tangent / jnp.maximum(t_norm, eps)
   if theta_rule == "lr":
-    theta = lr * jnp.ones_like(t_norm)
+    theta = angle * jnp.ones_like(t_norm)
   elif theta_rule == "norm":
     theta = lr * _norm(d, axis)
   else:
@@ -99,6 +99,7 @@ def hypersphere(
     theta: ThetaRule = "lr",
     granularity: Literal["vector", "matrix"] = "vector",
     eps: float = 1e-8,
+    angle: Optional[optax.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformation:
   r"""Take the step ``-eta D`` on the unit sphere of each constrained vector.
 
@@ -126,6 +127,10 @@ def hypersphere(
     theta: angle rule of ``"geodesic"``.
     granularity: ``"vector"`` (nGPT) or ``"matrix"``.
     eps: guards the norms.
+    angle: θ of ``theta="lr"`` when it is not the step size η (float or
+      schedule; default η). A post-step stage whose input is already the
+      scaled update uses ``learning_rate=1`` (unconstrained leaves then take
+      that update as it is) and ``angle`` = the run's learning rate.
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`HypersphereState`; it needs
@@ -145,11 +150,14 @@ def hypersphere(
     raise ValueError("every (lazy projection) applies to mode='project' only")
   if not callable(learning_rate):
     check_positive("learning_rate", learning_rate)
+  if angle is not None and not callable(angle):
+    check_positive("angle", angle)
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("hypersphere needs params: call update(grads, state, params)")
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    rate = lr if angle is None else angle(state.count) if callable(angle) else angle
     renormalize = (state.count + 1) % every == 0
     tree = axes(params) if callable(axes) else axes
     leaves, treedef = jax.tree_util.tree_flatten(updates)
@@ -164,7 +172,7 @@ def hypersphere(
       elif mode == "project":
         new = _project_step(w32, d32, lr, axis, renormalize, eps)
       else:
-        new = _geodesic_step(w32, d32, lr, axis, theta, eps)
+        new = _geodesic_step(w32, d32, lr, axis, theta, eps, angle=rate)
       out.append((new - w32).astype(d.dtype))
     return treedef.unflatten(out), HypersphereState(optax.safe_increment(state.count))
 

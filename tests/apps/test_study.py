@@ -251,6 +251,43 @@ def test_geodesic_lr_rule_uses_the_schedule_and_lazy_projection_waits():
   np.testing.assert_allclose(norms[2], 1.0, rtol=1e-5)
 
 
+def test_geodesic_stage_leaves_unconstrained_leaves_their_update():
+  # A post-step stage: Δ is the optimizer's scaled update, so a leaf without a sphere
+  # axis (nGPT's eigen learning rates, gates) moves by Δ itself, whatever θ is.
+  w = {"w": _unit_rows(jax.random.key(0), 4, 6), "s": jnp.ones(3)}
+  delta = {"w": 0.3 * jax.random.normal(jax.random.key(1), (4, 6)),
+           "s": jnp.array([0.1, -0.2, 0.3])}
+  axes = {"w": 1, "s": None}
+  for theta in ("lr", "norm"):
+    stage = sphere_projection(axes, mode="geodesic", theta=theta, learning_rate=0.05)
+    u, _ = stage.update(delta, stage.init(w), w)
+    np.testing.assert_allclose(u["s"], delta["s"], rtol=1e-6)
+
+
+def test_geodesic_scope_blocks_projects_the_embedding_and_head():
+  rows = lambda k: _unit_rows(jax.random.key(k), 4, 6)
+  params = {"blocks": {"w": rows(0)}, "embed": {"e": rows(1)}, "gate": jnp.zeros(2)}
+  delta = {"blocks": {"w": 0.2 * rows(2)}, "embed": {"e": 0.2 * rows(3)},
+           "gate": jnp.array([0.5, -0.5])}
+  axes = {"blocks": {"w": 1}, "embed": {"e": 1}, "gate": None}
+  stage = sphere_projection(axes, mode="geodesic", theta="lr", learning_rate=0.1,
+                            scope="blocks")
+  u, _ = stage.update(delta, stage.init(params), params)
+  new = optax.apply_updates(params, u)
+  # blocks: a great-circle move by θ = η
+  np.testing.assert_allclose(np.sum(np.asarray(params["blocks"]["w"] * new["blocks"]["w"]),
+                                    axis=1), np.cos(0.1), rtol=1e-5)
+  # the embedding: W + Δ renormalized, as in projection
+  moved = params["embed"]["e"] + delta["embed"]["e"]
+  np.testing.assert_allclose(new["embed"]["e"],
+                             moved / np.linalg.norm(moved, axis=1, keepdims=True), rtol=1e-5)
+  np.testing.assert_allclose(new["gate"], delta["gate"], rtol=1e-6)
+  with pytest.raises(ValueError, match="scope='blocks' applies to mode='geodesic'"):
+    sphere_projection(axes, scope="blocks")
+  with pytest.raises(ValueError, match="scope"):
+    sphere_projection(axes, mode="geodesic", scope="head")
+
+
 def test_sphere_fields_are_checked():
   ngpt = lambda **fields: _config(model="ngpt", model_fields=dict(TINY_GPT, **fields))
   with pytest.raises(ValueError, match="NGPTConfig.sphere_update must be one of"):
@@ -261,6 +298,10 @@ def test_sphere_fields_are_checked():
     ngpt(sphere_update="geodesic", sphere_every=2)
   with pytest.raises(ValueError, match="sphere_every must be a positive int"):
     ngpt(sphere_every=0)
+  with pytest.raises(ValueError, match="NGPTConfig.sphere_scope must be one of"):
+    ngpt(sphere_update="geodesic", sphere_scope="head")
+  with pytest.raises(ValueError, match="sphere_scope='blocks' applies to"):
+    ngpt(sphere_scope="blocks")
   # Models without unit-sphere weights have no such fields.
   with pytest.raises(ValueError, match=r"unknown GPTConfig field\(s\) \['sphere_every'\]"):
     _config(model_fields=dict(TINY_GPT, sphere_every=2))

@@ -292,3 +292,16 @@ def test_missing_params():
 
 def test_exported():
   assert mj.hypersphere is hypersphere and mj.sphere_axes is sphere_axes
+
+
+def test_angle_separates_the_geodesic_angle_from_the_step_size():
+  w = jnp.eye(3)[:2]  # two unit rows
+  d = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+  free = jnp.array([2.0])
+  stage = mj.hypersphere(1.0, axes={"w": 1, "b": None}, mode="geodesic", theta="lr", angle=0.2)
+  u, _ = stage.update({"w": -d, "b": free}, stage.init({"w": w, "b": free}), {"w": w, "b": free})
+  np.testing.assert_allclose(np.sum(np.asarray(w * (w + u["w"])), axis=1), np.cos(0.2),
+                             rtol=1e-6)
+  np.testing.assert_allclose(u["b"], -free)  # the step size (1), not the angle
+  with pytest.raises(ValueError, match="angle"):
+    mj.hypersphere(1.0, axes={"w": 1}, mode="geodesic", angle=-0.1)
