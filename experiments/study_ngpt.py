@@ -49,20 +49,14 @@ projection, that NorMuon + Polar Express is the best combination, and that Muon 
 projection than Adam (whose best period was {PLAN_ADAM_BEST_K}). The plan reports no Muon result: every
 row below tests a hypothesis, not a published measurement."""
 
-GEODESIC_SCOPE = """The library's geodesic stage (`sphere_update="geodesic"`, a model field of
-nGPT) cannot be limited to the Muon matrices: `NGPT.optimizer_constraint` builds
-`sphere_projection(model, mode="geodesic", theta=…)` over `sphere_axes(model)`, which holds the hidden
-matrices (Muon) and also `embed/embedding` and `lm_head/kernel` (AdamW branch); neither the model fields
-nor the stage take a leaf filter. With θ = lr·‖U‖ (`sphere_theta="norm"`) each of those vectors turns by
-the length of its own AdamW step (projection: by atan of its tangent part), a second-order difference,
-so that arm tests the plan's treatment 2. With θ = lr (`sphere_theta="lr"`) the stage is
-`hypersphere(η, mode="geodesic")` after the optimizer's own rate, so (a) every embedding row and head
-column turns by the Muon arm's η, not by its AdamW step, and (b) every leaf without `sphere_axis` (the
-eigen-rates α, s_qk, s_u, s_ν, s_z and the gates) moves by η × its AdamW update instead of its AdamW
-update — frozen to ~η of its step (checked on a two-leaf tree: a step of 0.1 becomes 0.005 at η = 0.05,
-while project and θ = lr·‖U‖ keep 0.1). The θ = lr row is therefore not a test of geodesic updates; a
-fix needs a library change (scale only the sphere leaves by η, and a leaf filter: geodesic on Muon-routed
-leaves, projection elsewhere)."""
+GEODESIC_SCOPE = """Both geodesic arms move only the blocks' matrices (trained by Muon) along great
+circles: the model field `sphere_scope="blocks"` projects the embedding and head (trained by the AdamW
+branch) as the projection baseline does, and every leaf without a sphere axis (eigen learning rates,
+scalings, gates) takes its own AdamW update. θ = lr turns each vector by the scheduled Muon rate η; θ =
+lr·‖U‖ by the length of its own step. The first run of this study found the geodesic stage scaling
+the unconstrained leaves' update by η under θ = lr and turning the AdamW-branch embedding and head by
+Muon's η; both are fixed in the library (`hypersphere(angle=…)`, `NGPTConfig.sphere_scope`) and these
+arms were rerun after the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,9 +208,10 @@ def sphere_campaign(root, base, p, best, results, log):
   adam_pair = dict(results[best["Adam"]["label"]], entry=best["Adam"]["entry"])
   muon = muon_pair["entry"]
   geodesic = {GEO_LR: dict(muon, learning_rate=p.theta_start,
-                           model_fields=dict(sphere_update="geodesic", sphere_theta="lr")),
+                           model_fields=dict(sphere_update="geodesic", sphere_theta="lr",
+                                             sphere_scope="blocks")),
               GEO_NORM: dict(muon, model_fields=dict(sphere_update="geodesic",
-                                                     sphere_theta="norm"))}
+                                                     sphere_theta="norm", sphere_scope="blocks"))}
   geo_search = study.tune_campaign(root, "sphere/tune", dataclasses.replace(
       base, optimizers=geodesic, baseline=GEO_LR, timing_repeats=0), budget=p.budget, log=log)
   entries, rates = {}, dict(geo_search["results"])
@@ -344,7 +339,7 @@ def lr_claim(sphere: dict, tuned_lr: float, edge) -> claims.Claim:
 
 
 def geodesic_claims(sphere: dict) -> list:
-  """θ = lr·‖U‖ against projection (paired); θ = lr reported, not claimed (library defect)."""
+  """Each geodesic arm (its own tuned rate, the blocks' matrices only) against projection."""
   reference, edges = mean_loss(sphere, MUON_K1), sphere["preset"]["lr_edges"]
   rows = []
   for arm in (GEO_NORM, GEO_LR):
@@ -353,17 +348,9 @@ def geodesic_claims(sphere: dict) -> list:
         sphere, arm, MUON_K1, claim=f"geodesic updates beat projection ({arm.split(', ')[1]})",
         published=f"{PLAN_GEODESIC_GAIN[0]}–{PLAN_GEODESIC_GAIN[1]} % lower loss (expected)")
     c = dataclasses.replace(c, ours=c.ours + f"; {percent(iv, reference)} of projection's loss",
-                            reason="own tuned rate; the embedding and head take the geodesic "
-                                   "of their own AdamW step (see the note)")
-    if arm == GEO_LR:
-      c = dataclasses.replace(
-          c, verdict="inconclusive",
-          reason=f"not a test (the interval alone: {c.verdict}): the library's θ = lr stage "
-                 "scales the non-sphere AdamW leaves' step by θ and turns the embedding and head "
-                 "by θ (see the note)" + ("; θ on a grid edge" if edges.get(arm) else ""))
-    else:
-      c = guard(c, [f"{arm} rate"] if edges.get(arm) else [])
-    rows.append(c)
+                            reason="own tuned rate; geodesic moves on the blocks' matrices only, "
+                                   "the embedding and head projected (see the note)")
+    rows.append(guard(c, [f"{arm} rate"] if edges.get(arm) else []))
   return rows
 
 
