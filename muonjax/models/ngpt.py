@@ -397,7 +397,7 @@ class NGPT(nnx.Module):
     self.config = config
     # Fields the layers do not read are fixed, so changing them reuses the compiled init.
     layers = dataclasses.replace(config, max_seq_len=1, remat=False, sphere_update="project",
-                                 sphere_every=1, sphere_theta="lr")
+                                 sphere_every=1, sphere_theta="lr", sphere_scope="all")
     self.embed, self.blocks, self.lm_head = _build_layers(layers, rngs)
     self.s_z = scaled_param((config.vocab_size,), 1.0, 1.0 / math.sqrt(config.d_model))
 

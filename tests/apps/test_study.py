@@ -282,6 +282,21 @@ def test_geodesic_scope_blocks_projects_the_embedding_and_head():
   np.testing.assert_allclose(new["embed"]["e"],
                              moved / np.linalg.norm(moved, axis=1, keepdims=True), rtol=1e-5)
   np.testing.assert_allclose(new["gate"], delta["gate"], rtol=1e-6)
+  # On nGPT itself (the model builds with the field set): its constraint stage moves the
+  # blocks' vectors by θ = η and projects the embedding.
+  model = models.build("ngpt", vocab_size=32, d_model=16, n_layers=1, n_heads=2, d_ff=32,
+                       sphere_update="geodesic", sphere_scope="blocks", rngs=0)
+  state = nnx.state(model, nnx.Param)
+  step = jax.tree.map(lambda w: 0.01 * jnp.ones_like(w), state)
+  stage = model.optimizer_constraint(0.1)
+  u, _ = stage.update(step, stage.init(state), state)
+  new = optax.apply_updates(state, u)
+  up = state["blocks"]["mlp"]["up"]["kernel"][...][0]  # (in, out): unit columns (axis 0)
+  np.testing.assert_allclose(np.sum(np.asarray(up * new["blocks"]["mlp"]["up"]["kernel"][...][0]),
+                                    axis=0), np.cos(0.1), rtol=1e-4)
+  e = state["embed"]["embedding"][...] + 0.01
+  np.testing.assert_allclose(new["embed"]["embedding"][...],
+                             e / np.linalg.norm(e, axis=1, keepdims=True), rtol=1e-5)
   with pytest.raises(ValueError, match="scope='blocks' applies to mode='geodesic'"):
     sphere_projection(axes, scope="blocks")
   with pytest.raises(ValueError, match="scope"):
