@@ -84,6 +84,7 @@ class Preset:
   slow_lr: float = 0.3              # momentum only / SGD-like
   warmup_steps: int = 10
   timing_repeats: int = 10          # interleaved timing of the tuned campaign only
+  stages: tuple = ("sensitivity", "activations")  # what runs after the tuned campaign
 
 
 CELLS_3 = (("mhsa", "relu"), ("mhsa", "silu"), ("mhla", "relu"))
@@ -94,6 +95,10 @@ PRESETS = {
                           kv_lora_rank=16, qk_nope_dim=16, qk_rope_dim=8, v_dim=16, dropout=0.0),
         steps=300, batch_size=8, seq_len=64, seeds=3, eval_every=75, eval_batches=32, budget=5,
         cells=CELLS_3),
+    # The CPU preset's first part only: the tuning and the tuned campaign, claims (a)
+    # and (b). Its campaigns are the CPU preset's, so `--preset cpu` later resumes
+    # from them and adds (c) and (d).
+    "cpu-ab": None,
     "smoke": Preset(
         model_fields=dict(d_model=16, n_layers=1, n_heads=2, d_ff=16, n_experts=4, top_k=2,
                           kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=8, dropout=0.0),
@@ -109,6 +114,7 @@ PRESETS = {
         budget=6, cells=tuple((a, f) for a in ("mhsa", "mhla")
                               for f in ("silu", "gelu", "relu", "tanh")), warmup_steps=50),
 }
+PRESETS["cpu-ab"] = dataclasses.replace(PRESETS["cpu"], stages=())
 
 
 def cell_name(attention: str, activation: str) -> str:
@@ -204,14 +210,16 @@ def run(args, log) -> dict:
   entries.update({f"β {b:g}": muon(beta=b) for b in p.betas if b != 0.95})
   entries.update({f"T {t}": muon(steps=t) for t in p.ns_steps if t != 5})
   entries.update({f"lr {lr:g}": dict(muon(), learning_rate=lr) for lr in p.published_lrs})
-  sensitivity = study.run_campaign(root, "sensitivity", dataclasses.replace(
-      base, optimizers=entries, baseline=BASE,
-      rate_source=f"Muon's tuned rate {muon_lr:g} (tuned/tune/), except the lr rows"), log=log)
+  campaigns = [search, tuned]
+  sensitivity = activations = None
+  if "sensitivity" in p.stages:
+    sensitivity = study.run_campaign(root, "sensitivity", dataclasses.replace(
+        base, optimizers=entries, baseline=BASE,
+        rate_source=f"Muon's tuned rate {muon_lr:g} (tuned/tune/), except the lr rows"), log=log)
+    campaigns.append(sensitivity)
 
   # (d): activation × attention cells at Muon's tuned rate (last: the first to drop).
-  campaigns = [search, tuned, sensitivity]
-  activations = None
-  if p.cells:
+  if p.cells and "activations" in p.stages:
     cells = {cell_name(a, f): muon(model_fields=dict(attention=a, activation=f))
              for a, f in p.cells}
     activations = study.run_campaign(root, "activations", dataclasses.replace(
@@ -228,7 +236,7 @@ def run(args, log) -> dict:
       claims=[dataclasses.asdict(c) for c in rows],
       tables={"hybrid": subset(tuned, ["AdamW", MUON]),
               "ablation": subset(tuned, ABLATION_ROWS),
-              "sensitivity": sensitivity["rows"],
+              "sensitivity": sensitivity["rows"] if sensitivity else [],
               "activations": activations["rows"] if activations else []})
   study.write_report(root, "Study 2: Muon on a small MoE with latent attention", sections,
                      summary, intro=INTRO, campaigns=campaigns)
@@ -252,7 +260,8 @@ train with the same AdamW in every arm, so the arms differ only in the hidden ma
 
 def claim_rows(tuned, sensitivity, activations, p: Preset) -> list:
   """One :class:`muonjax.claims.Claim` per published claim, each judged on a paired interval."""
-  return (hybrid_claims(tuned) + ablation_claims(tuned) + sensitivity_claims(sensitivity, p)
+  return (hybrid_claims(tuned) + ablation_claims(tuned)
+          + (sensitivity_claims(sensitivity, p) if sensitivity else [])
           + (activation_claims(activations) if activations else []))
 
 
@@ -390,14 +399,29 @@ def sub_table(payload, entries: Sequence[str], heading: str, *, note: str = "",
                                  note=note, accuracy=accuracy)
 
 
+NOT_RUN = ("Not run in this preset (`--preset cpu` resumes from these campaigns and adds it); "
+           "no claim below rests on it.")
+
+
+def sensitivity_sections(at_rate, muon_lr, p: Preset) -> list[str]:
+  """(c)'s campaign as three tables: β, T and the source's grid ends, one baseline."""
+  betas = [BASE] + [f"β {b:g}" for b in p.betas if b != 0.95]
+  ts = [BASE] + [f"T {t}" for t in p.ns_steps if t != 5]
+  lrs = [BASE] + [f"lr {lr:g}" for lr in p.published_lrs]
+  return [
+      "## (c) Sensitivity at Muon's tuned rate", "",
+      f"One campaign (seeds shared, one baseline: {BASE} at lr {muon_lr:g}), shown in three "
+      "tables. A difference is called only when its paired interval excludes 0.", "",
+      sub_table(at_rate, betas, "(c) Momentum β"),
+      sub_table(at_rate, ts, "(c) Newton–Schulz steps T"),
+      sub_table(at_rate, lrs, "(c) The source's grid ends (0.001, 0.05) against the tuned rate")]
+
+
 def report_sections(search, tuned, at_rate, activations, rows, edges, muon_lr,
                     p: Preset) -> list[str]:
   edge_text = ("Every tuned rate is interior." if not edges else
                "Left on a grid edge (budget spent; no claim rests on them): "
                + ", ".join(f"{k} ({v})" for k, v in edges.items()) + ".")
-  betas = [BASE] + [f"β {b:g}" for b in p.betas if b != 0.95]
-  ts = [BASE] + [f"T {t}" for t in p.ns_steps if t != 5]
-  lrs = [BASE] + [f"lr {lr:g}" for lr in p.published_lrs]
   return [
       "## Tuned learning rates", "", edge_text, "",
       study.search_markdown(
@@ -415,18 +439,14 @@ def report_sections(search, tuned, at_rate, activations, rows, edges, muon_lr,
                      "(docs/optimizers.md#ablation-chains): full Muon = momentum 0.95 (Nesterov) "
                      "→ NS5 → Keller scale; momentum only = no NS; NS only = β 0 (U = G); "
                      "SGD-like = neither."),
-      "## (c) Sensitivity at Muon's tuned rate", "",
-      f"One campaign (seeds shared, one baseline: {BASE} at lr {muon_lr:g}), shown in three "
-      "tables. A difference is called only when its paired interval excludes 0.", "",
-      sub_table(at_rate, betas, "(c) Momentum β"),
-      sub_table(at_rate, ts, "(c) Newton–Schulz steps T"),
-      sub_table(at_rate, lrs, "(c) The source's grid ends (0.001, 0.05) against the tuned rate"),
+      *(sensitivity_sections(at_rate, muon_lr, p) if at_rate else
+        ["## (c) Sensitivity at Muon's tuned rate", "", NOT_RUN, ""]),
       study.campaign_markdown(
           activations, f"(d) Activations × attention (Muon, lr {muon_lr:g})", accuracy=True,
           note=f"Cells kept (of the source's 8, for the budget): {', '.join(activations['runs'])}"
                ": the published winner, its other attention and its other activation (SiLU, the "
                "default).")
-      if activations else "## (d) Activations × attention\n\nNot run (no cells in this preset).\n",
+      if activations else f"## (d) Activations × attention\n\n{NOT_RUN}\n",
       "## Against the published claims", "", PUBLISHED, "",
       claims.claim_table(rows), "",
       "Reading the magnitudes: the source's losses 0.0476 / 0.0547 (PPL 1.05) in (a) and 0.3277 "

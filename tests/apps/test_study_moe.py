@@ -105,6 +105,15 @@ def test_claim_rows_on_hand_made_payloads():
   assert not any(c.startswith("(a) Muon's training is slower") for c in rows)  # no timing
   assert not any(c.startswith("(d)") for c in  # no cells run: no (d) rows
                  (r.claim for r in moe.claim_rows(tuned, sensitivity, None, p)))
+  partial = [r.claim[:3] for r in moe.claim_rows(tuned, None, None, moe.PRESETS["cpu-ab"])]
+  assert set(partial) == {"(a)", "(b)"}  # the cpu-ab preset: (c) and (d) not run
+
+
+def test_cpu_ab_is_the_cpu_presets_first_part():
+  cpu, ab = moe.PRESETS["cpu"], moe.PRESETS["cpu-ab"]
+  assert ab.stages == () and cpu.stages == ("sensitivity", "activations")
+  assert {k: v for k, v in vars(ab).items() if k != "stages"} == \
+      {k: v for k, v in vars(cpu).items() if k != "stages"}
 
 
 @pytest.mark.e2e
