@@ -179,6 +179,18 @@ def pct_text(interval: Mapping[str, Any]) -> str:
   return claims.interval_text(interval, "+.2f").replace(" (", " % (", 1)
 
 
+def best_claim(payload, winner: str, **kwargs):
+  """:func:`muonjax.claims.best_claim`, whose ours column names the entry furthest below
+  ``winner`` when the claim is contradicted (claims.best_claim picks the furthest above)."""
+  row = claims.best_claim(payload, winner, **kwargs)
+  if row.verdict != "contradicted":
+    return row
+  others = [e for e in (kwargs.get("entries") or list(payload["runs"])) if e != winner]
+  checks = {e: claims.paired(payload, winner, e) for e in others}
+  rival = max((e for e in others if checks[e]["mean"] is not None), key=lambda e: checks[e]["mean"])
+  return dataclasses.replace(row, ours=f"{winner} − {rival}: {claims.interval_text(checks[rival])}")
+
+
 def mean_loss(payload: Mapping[str, Any], entry: str) -> Optional[float]:
   return study.row(payload, entry)["val_loss"]
 
@@ -230,6 +242,9 @@ def run(args, log) -> dict:
         rate_source=f"Muon's tuned rate {muon_lr:g} (tuned/tune/)"), log=log)
     campaigns.append(activations)
 
+  # A campaign read back from its results.json carries no name: the runtime table needs it.
+  for payload, name in zip(campaigns, ["tuned/tune", "tuned", p.sensitivity_name, "activations"]):
+    payload.setdefault("campaign", name)
   edges = {n: search["results"][n]["edge"] for n in study.edge_entries(search)}
   rows = claim_rows(tuned, sensitivity, activations, p)
   sections = report_sections(search, tuned, sensitivity, activations, rows, edges, muon_lr, p)
@@ -331,7 +346,7 @@ def hybrid_claims(tuned) -> list:
 
 def ablation_claims(tuned) -> list:
   """(b): full Muon best of the four arms; removing momentum costs 114 %."""
-  rows = [claims.best_claim(
+  rows = [best_claim(
       tuned, MUON, entries=list(ABLATION_ROWS),
       claim="(b) full Muon is the best of the four ablation arms", published="2.5347, the lowest",
       reasons={"inconclusive": "a rival arm's interval straddles 0",
@@ -378,13 +393,13 @@ def sensitivity_claims(at_rate, p: Preset) -> list:
   if p.published_lrs:
     rows += lr_claims(at_rate, p, ref)
   betas = [BASE] + [f"β {b:g}" for b in p.betas if b != 0.95]
-  rows.append(claims.best_claim(
+  rows.append(best_claim(
       at_rate, BASE, entries=betas, claim="(c) momentum β 0.95 is the best of 0.9/0.95/0.99",
       published="0.95", reasons={"inconclusive": "a rival β is within its interval: a tie",
                                  "contradicted": "another β ends lower beyond the interval"}))
   ts = [f"T {t}" for t in p.ns_steps if t != 5]
   if "T 7" in ts:
-    rows.append(claims.best_claim(
+    rows.append(best_claim(
         at_rate, "T 7", entries=[BASE] + ts, claim="(c) 7 Newton–Schulz steps are the best",
         published="T 7", reasons={"inconclusive": "a rival T is within its interval: a tie",
                                   "contradicted": "fewer steps end lower beyond the interval"}))
@@ -407,7 +422,7 @@ def activation_claims(at_rate) -> list:
   cells = list(at_rate["runs"])
   rows = []
   if "MHSA-relu" in cells and len(cells) > 1:
-    rows.append(claims.best_claim(
+    rows.append(best_claim(
         at_rate, "MHSA-relu", entries=cells, claim="(d) MHSA-ReLU is the best cell",
         published=f"4.6883 (of 8 cells; ours: {len(cells)})",
         reasons={"inconclusive": "another cell is within MHSA-ReLU's interval",
