@@ -84,8 +84,6 @@ class Preset:
   slow_lr: float = 0.3              # momentum only / SGD-like
   warmup_steps: int = 10
   timing_repeats: int = 10          # interleaved timing of the tuned campaign only
-  stages: tuple = ("sensitivity", "activations")  # what runs after the tuned campaign
-  sensitivity_name: str = "sensitivity"  # (c)'s campaign folder
 
 
 CELLS_3 = (("mhsa", "relu"), ("mhsa", "silu"), ("mhla", "relu"))
@@ -96,10 +94,6 @@ PRESETS = {
                           kv_lora_rank=16, qk_nope_dim=16, qk_rope_dim=8, v_dim=16, dropout=0.0),
         steps=300, batch_size=8, seq_len=64, seeds=3, eval_every=75, eval_batches=32, budget=5,
         cells=CELLS_3),
-    # What fitted in the time of the committed run (2 cores shared by four studies):
-    # the CPU preset's tuning and tuned campaign (claims (a), (b)), then (c) for β
-    # only. `--preset cpu` resumes from the tuned campaign and adds (c) and (d) whole.
-    "cpu-partial": None,
     "smoke": Preset(
         model_fields=dict(d_model=16, n_layers=1, n_heads=2, d_ff=16, n_experts=4, top_k=2,
                           kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=8, dropout=0.0),
@@ -115,9 +109,6 @@ PRESETS = {
         budget=6, cells=tuple((a, f) for a in ("mhsa", "mhla")
                               for f in ("silu", "gelu", "relu", "tanh")), warmup_steps=50),
 }
-PRESETS["cpu-partial"] = dataclasses.replace(
-    PRESETS["cpu"], stages=("sensitivity",), ns_steps=(5,), published_lrs=(),
-    sensitivity_name="sensitivity_beta")
 
 
 def cell_name(attention: str, activation: str) -> str:
@@ -179,18 +170,6 @@ def pct_text(interval: Mapping[str, Any]) -> str:
   return claims.interval_text(interval, "+.2f").replace(" (", " % (", 1)
 
 
-def best_claim(payload, winner: str, **kwargs):
-  """:func:`muonjax.claims.best_claim`, whose ours column names the entry furthest below
-  ``winner`` when the claim is contradicted (claims.best_claim picks the furthest above)."""
-  row = claims.best_claim(payload, winner, **kwargs)
-  if row.verdict != "contradicted":
-    return row
-  others = [e for e in (kwargs.get("entries") or list(payload["runs"])) if e != winner]
-  checks = {e: claims.paired(payload, winner, e) for e in others}
-  rival = max((e for e in others if checks[e]["mean"] is not None), key=lambda e: checks[e]["mean"])
-  return dataclasses.replace(row, ours=f"{winner} − {rival}: {claims.interval_text(checks[rival])}")
-
-
 def mean_loss(payload: Mapping[str, Any], entry: str) -> Optional[float]:
   return study.row(payload, entry)["val_loss"]
 
@@ -225,16 +204,14 @@ def run(args, log) -> dict:
   entries.update({f"β {b:g}": muon(beta=b) for b in p.betas if b != 0.95})
   entries.update({f"T {t}": muon(steps=t) for t in p.ns_steps if t != 5})
   entries.update({f"lr {lr:g}": dict(muon(), learning_rate=lr) for lr in p.published_lrs})
-  campaigns = [search, tuned]
-  sensitivity = activations = None
-  if "sensitivity" in p.stages:
-    sensitivity = study.run_campaign(root, p.sensitivity_name, dataclasses.replace(
-        base, optimizers=entries, baseline=BASE,
-        rate_source=f"Muon's tuned rate {muon_lr:g} (tuned/tune/), except the lr rows"), log=log)
-    campaigns.append(sensitivity)
+  sensitivity = study.run_campaign(root, "sensitivity", dataclasses.replace(
+      base, optimizers=entries, baseline=BASE,
+      rate_source=f"Muon's tuned rate {muon_lr:g} (tuned/tune/), except the lr rows"), log=log)
+  campaigns = [search, tuned, sensitivity]
+  activations = None
 
   # (d): activation × attention cells at Muon's tuned rate (last: the first to drop).
-  if p.cells and "activations" in p.stages:
+  if p.cells:
     cells = {cell_name(a, f): muon(model_fields=dict(attention=a, activation=f))
              for a, f in p.cells}
     activations = study.run_campaign(root, "activations", dataclasses.replace(
@@ -242,9 +219,6 @@ def run(args, log) -> dict:
         rate_source=f"Muon's tuned rate {muon_lr:g} (tuned/tune/)"), log=log)
     campaigns.append(activations)
 
-  # A campaign read back from its results.json carries no name: the runtime table needs it.
-  for payload, name in zip(campaigns, ["tuned/tune", "tuned", p.sensitivity_name, "activations"]):
-    payload.setdefault("campaign", name)
   edges = {n: search["results"][n]["edge"] for n in study.edge_entries(search)}
   rows = claim_rows(tuned, sensitivity, activations, p)
   sections = report_sections(search, tuned, sensitivity, activations, rows, edges, muon_lr, p)
@@ -300,8 +274,8 @@ CELL_CLAIMS = [("(d) MHSA-ReLU is the best cell", "4.6883"),
 
 def not_run(claim: str, published: str):
   """The row of a claim whose campaign this preset did not run: no verdict either way."""
-  return claims.Claim(claim, published, "not run (out of time)", "inconclusive",
-                      "its campaign is not in this preset; `--preset cpu` adds it")
+  return claims.Claim(claim, published, "not run by this preset", "inconclusive",
+                      "its campaign is not in this preset (the cpu and paper presets run it)")
 
 
 def hybrid_claims(tuned) -> list:
@@ -346,7 +320,7 @@ def hybrid_claims(tuned) -> list:
 
 def ablation_claims(tuned) -> list:
   """(b): full Muon best of the four arms; removing momentum costs 114 %."""
-  rows = [best_claim(
+  rows = [claims.best_claim(
       tuned, MUON, entries=list(ABLATION_ROWS),
       claim="(b) full Muon is the best of the four ablation arms", published="2.5347, the lowest",
       reasons={"inconclusive": "a rival arm's interval straddles 0",
@@ -393,13 +367,13 @@ def sensitivity_claims(at_rate, p: Preset) -> list:
   if p.published_lrs:
     rows += lr_claims(at_rate, p, ref)
   betas = [BASE] + [f"β {b:g}" for b in p.betas if b != 0.95]
-  rows.append(best_claim(
+  rows.append(claims.best_claim(
       at_rate, BASE, entries=betas, claim="(c) momentum β 0.95 is the best of 0.9/0.95/0.99",
       published="0.95", reasons={"inconclusive": "a rival β is within its interval: a tie",
                                  "contradicted": "another β ends lower beyond the interval"}))
   ts = [f"T {t}" for t in p.ns_steps if t != 5]
   if "T 7" in ts:
-    rows.append(best_claim(
+    rows.append(claims.best_claim(
         at_rate, "T 7", entries=[BASE] + ts, claim="(c) 7 Newton–Schulz steps are the best",
         published="T 7", reasons={"inconclusive": "a rival T is within its interval: a tie",
                                   "contradicted": "fewer steps end lower beyond the interval"}))
@@ -422,7 +396,7 @@ def activation_claims(at_rate) -> list:
   cells = list(at_rate["runs"])
   rows = []
   if "MHSA-relu" in cells and len(cells) > 1:
-    rows.append(best_claim(
+    rows.append(claims.best_claim(
         at_rate, "MHSA-relu", entries=cells, claim="(d) MHSA-ReLU is the best cell",
         published=f"4.6883 (of 8 cells; ours: {len(cells)})",
         reasons={"inconclusive": "another cell is within MHSA-ReLU's interval",
