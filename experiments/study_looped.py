@@ -118,9 +118,7 @@ PRESETS = {
         short_steps=50, long_steps=2000, batch_size=16, seq_len=512, eval_batches=20,
         short_eval_every=25, long_eval_every=100, budget=7),
 }
-# The CPU preset without MoR and Hyperloop: reads back the same campaigns (a report of the
-# LoopFormer part when the full preset did not finish in time).
-PRESETS["cpu-core"] = dataclasses.replace(PRESETS["cpu"], extra_models=())
+
 
 
 def campaigns(p: Preset) -> list[tuple[str, str, dict, str, tuple]]:
@@ -257,6 +255,38 @@ def reference_claim(payload: Mapping, entries: Sequence[str], which: str, side: 
   return Claim(kw["claim"], kw["published"], ours, verdict, kw.get("reasons", {}).get(verdict, ""))
 
 
+def plateau_points(search: Mapping, tolerance: float = 0.05) -> dict[str, list]:
+  """entry → the ``[lr, loss]`` points of a learning-rate search that ended within
+  ``tolerance`` of the unigram loss (the plateau: only token frequencies learned)."""
+  unigram = search["references"]["unigram"]
+  return {e: [pt for pt in r["points"] if pt[1] is not None and abs(pt[1] - unigram) <= tolerance]
+          for e, r in search["results"].items()}
+
+
+def plateau_markdown(searches: Mapping[str, Mapping], titles: Mapping[str, str]) -> str:
+  """Per campaign: which one-seed tuning runs ended on the unigram plateau, and each entry's
+  tuned rate and loss (does the plateau appear at this size, and is the tuned rate off it?)."""
+  lines = ["| campaign | unigram | bigram | runs within 0.05 of the unigram loss (lr: loss) | "
+           "tuned lr: loss |", "|---|---|---|---|---|"]
+  for name, search in searches.items():
+    ref = search["references"]
+    hits = "; ".join(f"{e} " + ", ".join(f"{lr:g}: {loss:.3f}" for lr, loss in pts)
+                     for e, pts in plateau_points(search).items() if pts) or "none"
+    tuned = "; ".join(f"{e} {r['best_lr']:g}{' (edge: ' + r['edge'] + ')' if r.get('edge') else ''}"
+                      f": {r['best_loss']:.3f}" for e, r in search["results"].items()
+                      if r.get("best_lr") is not None)
+    lines.append(f"| {titles[name]} | {ref['unigram']:.3f} | {ref['bigram']:.3f} | {hits} | "
+                 f"{tuned} |")
+  return "\n".join(lines) + "\n"
+
+
+def edge_text(searches: Mapping[str, Mapping]) -> str:
+  """Every tuned rate left on a grid edge: campaign, entry, side, rate."""
+  parts = [f"{name}: {e} ({r['edge']} edge, {r['best_lr']:g})"
+           for name, s in searches.items() for e, r in s["results"].items() if r.get("edge")]
+  return "; ".join(parts) or "none"
+
+
 def on_edge(claim: Claim, entries: Sequence[str], edges: Sequence[str]) -> Claim:
   """No verdict rests on a rate left on a grid edge: such a claim becomes inconclusive."""
   hit = sorted(set(entries) & set(edges))
@@ -349,13 +379,13 @@ def control_claims(lf: Mapping, open_: Mapping, gpt: Mapping,
       "not the closed gates)", published=f"{p['open']['muon']} vs {p['open']['adamw']} {src}"),
       ["muon", "adamw"], e_open))
   gap = gap_interval(open_, lf, "adamw", "muon")
+  verdict = claims.direction_verdict(gap, "positive")
   rows.append(on_edge(Claim(
       "Opening the gates does not shrink AdamW's gap to Muon", "gap 0.452 (closed) → 0.753 "
-      f"(open) {src}", f"gap(open) − gap(closed): {claims.interval_text(gap)}",
-      claims.direction_verdict(gap, "positive"),
-      "contradicted: the open gates shrink the gap, so the closed gates were part of it; "
-      "inconclusive: the gaps do not differ beyond the seeds"
-      if claims.direction_verdict(gap, "positive") != "reproduced" else ""),
+      f"(open) {src}", f"gap(open) − gap(closed): {claims.interval_text(gap)}", verdict,
+      {"contradicted": "the open gates shrink the gap: the closed gates were part of it",
+       "inconclusive": "the two gaps do not differ beyond the seeds (the published widening "
+       "is not seen)", "reproduced": "the gap widens with open gates"}[verdict]),
       ["adamw", "muon"], e_lf + e_open))
   rows.append(on_edge(reference_claim(
       gpt, ["adamw"], "bigram", "negative", claim="Without the loop (the same block, plain GPT) "
@@ -421,24 +451,34 @@ def section(payload: Mapping, heading: str, note: str = "") -> str:
 # --- the study --------------------------------------------------------------------
 
 
+def finished(root: str, name: str) -> bool:
+  """Whether campaign ``name``'s search and comparison are both written."""
+  return all(os.path.exists(os.path.join(root, name, *f))
+             for f in (("tune", "tune.json"), ("results.json",)))
+
+
 def run(args, log) -> dict:
   p = PRESETS[args.preset]
   seeds = args.seeds or p.seeds
   root = args.out
-  done, searches = {}, {}
+  done, searches, missing = {}, {}, []
   for name, model, fields, horizon, names in campaigns(p):
+    if getattr(args, "report_only", False) and not finished(root, name):
+      missing.append(name)  # --report-only: report what is finished, name the rest
+      continue
     preset = compare_preset(p, model, fields, horizon, names, seeds, args.data)
     searches[name], done[name] = study.tuned_campaign(
         root, name, preset, budget=p.budget, first_points=p.first_points, log=log)
   edges = {name: study.edge_entries(s) for name, s in searches.items()}
-  claim_edges = {"short": edges["loopformer_short"], "long": edges["loopformer_long"],
-                 "open": edges["loopformer_open_long"], "gpt": edges["gpt_long"]}
-  short, long = done["loopformer_short"], done["loopformer_long"]
-  open_, gpt = done["loopformer_open_long"], done["gpt_long"]
-  pub_rows = published_claims(short, long, claim_edges)
-  ctl_rows = control_claims(long, open_, gpt, claim_edges)
+  claim_edges = {k: edges.get(n, []) for k, n in (
+      ("short", "loopformer_short"), ("long", "loopformer_long"),
+      ("open", "loopformer_open_long"), ("gpt", "gpt_long"))}
+  short, long = done.get("loopformer_short"), done.get("loopformer_long")
+  open_, gpt = done.get("loopformer_open_long"), done.get("gpt_long")
+  pub_rows = published_claims(short, long or {"runs": {}}, claim_edges) if short else []
+  ctl_rows = control_claims(long, open_, gpt, claim_edges) if long and open_ and gpt else []
   depth = {n: depth_use(done[n]) for n in ("loopformer_short", "loopformer_long",
-                                           "loopformer_open_long")}
+                                           "loopformer_open_long") if n in done}
   S, L = p.short_steps, p.long_steps
   titles = {"loopformer_short": f"LoopFormer, short setting ({S} steps)",
             "loopformer_long": f"LoopFormer, long setting ({L} steps)",
@@ -446,32 +486,47 @@ def run(args, log) -> dict:
             "gpt_long": f"Control: the same block as a plain GPT, no loop ({L} steps)",
             "mor_long": f"Mixture-of-Recursions, long setting ({L} steps)",
             "hyperloop_long": f"Hyperloop, long setting ({L} steps)"}
-  edge_text = "; ".join(f"{c}: {', '.join(e)}" for c, e in edges.items() if e) or "none"
-  sections = [
-      f"## Published table next to ours ({S} steps, rates tuned for {S} steps)", "",
-      published_comparison(short), claims.claim_table(pub_rows), "",
-      section(long, titles["loopformer_long"]),
+  sections = []
+  if missing:
+    sections += ["## Not finished", "", "These campaigns did not finish in the time of this run "
+                 "(the report covers the others; rerun the script to complete them): "
+                 + ", ".join(f"`{m}`" for m in missing) + ".", ""]
+  if short:
+    sections += [f"## Published table next to ours ({S} steps, rates tuned for {S} steps)", "",
+                 published_comparison(short), claims.claim_table(pub_rows) if pub_rows else "", ""]
+  if long:
+    sections.append(section(long, titles["loopformer_long"]))
+  sections += [
       "## Controls: is there a plateau, and is it the gates or the loop?", "",
-      CONTROLS_NOTE.format(steps=L, params=_params(long), gpt_params=_params(gpt)), "",
-      claims.claim_table(ctl_rows), "",
+      CONTROLS_NOTE.format(steps=L, params=_params(long) if long else "?",
+                           gpt_params=_params(gpt) if gpt else "?"), "",
+      "Does the plateau appear at this size? The one-seed tuning runs of the LoopFormer "
+      "campaigns and the controls that ended on the unigram loss:", "",
+      plateau_markdown({n: searches[n] for n in searches if n not in ("mor_long",
+                                                                      "hyperloop_long")},
+                       titles), "",
+      claims.claim_table(ctl_rows) if ctl_rows else "(control claims need both controls)", "",
       "## How much of the depth each run uses (LoopFormer)", "", DEPTH_NOTE, "",
       *[depth_markdown(depth[n], titles[n]) for n in depth],
-      section(short, titles["loopformer_short"]),
-      section(open_, titles["loopformer_open_long"]),
-      section(gpt, titles["gpt_long"]),
-      *[section(done[n], titles[n]) for n in ("mor_long", "hyperloop_long") if n in done],
+      *[section(done[n], titles[n]) for n in ("loopformer_short", "loopformer_open_long",
+                                              "gpt_long", "mor_long", "hyperloop_long")
+        if n in done],
       "## Tuned learning rates", "",
       f"Every optimizer is tuned per model and per horizon with {p.budget} one-seed runs (seed "
       f"{study.TUNE_SEED}, not an evaluation seed), a first grid of {p.first_points} half-decade "
       "points around its centre (AdamW 3e-3: 3e-4 … 3e-2; Muon, NorMuon, Newton-Muon 0.02; "
       "AdaMuon 0.01; Mano 5e-3). Newton-Muon runs at its defaults (refresh every 16 steps, "
-      f"ridge 0.2): no extra grid. Rates left on a grid edge: {edge_text}.", "",
+      f"ridge 0.2): no extra grid. Rates left on a grid edge: {edge_text(searches)}. A claim "
+      "resting on one of them gets no verdict (inconclusive). A rate on the low edge with the "
+      "higher rates on the unigram plateau means the optimizer's matrices do best when they "
+      "barely move (the shared AdamW of the embeddings, head and conditioning still trains at "
+      "3e-3).", "",
       *[study.search_markdown(searches[n], titles[n]) for n in searches],
   ]
   summary = dict(
       preset=args.preset, seeds=seeds, budget=p.budget, first_points=p.first_points,
-      learning_rates={n: study.tuned_rates(s) for n, s in searches.items()}, edges=edges,
-      tables={n: c["rows"] for n, c in done.items()},
+      missing=missing, learning_rates={n: study.tuned_rates(s) for n, s in searches.items()},
+      edges=edges, tables={n: c["rows"] for n, c in done.items()},
       depth=depth, claims=[dataclasses.asdict(c) for c in pub_rows],
       control_claims=[dataclasses.asdict(c) for c in ctl_rows])
   everything = [x for n in done for x in (searches[n], done[n])]
@@ -514,6 +569,18 @@ second application of the shared block lowers the loss (the run uses its depth);
 idle. The consistency term measures how far the one-loop hidden state is from the two-loop one."""
 
 
+def main(argv: Sequence[str]) -> int:
+  """``--report-only`` (not a study.main argument): train nothing, report the finished
+  campaigns and name the unfinished ones."""
+  report_only = "--report-only" in argv
+  argv = [a for a in argv if a != "--report-only"]
+
+  def go(args, log):
+    args.report_only = report_only
+    return run(args, log)
+  return study.main(go, __doc__.splitlines()[0], list(PRESETS),
+                    os.path.join("experiments", "results", "looped"), argv)
+
+
 if __name__ == "__main__":
-  raise SystemExit(study.main(run, __doc__.splitlines()[0], list(PRESETS),
-                              os.path.join("experiments", "results", "looped")))
+  raise SystemExit(main(sys.argv[1:]))

@@ -229,3 +229,26 @@ def test_study_looped_smoke(tmp_path):
              for c in summary["claims"] + summary["control_claims"])
   assert set(summary["depth"]) == {"loopformer_short", "loopformer_long", "loopformer_open_long"}
   assert "ce_short − ce [95 % CI]" in text and "## Runtime per campaign" in text
+
+
+def test_plateau_points_and_edge_text():
+  search = {"references": {"unigram": 3.2, "bigram": 2.5, "tokens": 16384},
+            "results": {"adamw": {"points": [[1e-4, 2.9], [3e-3, 3.18], [1e-2, 3.3], [3e-2, None]],
+                                  "best_lr": 1e-4, "best_loss": 2.9, "edge": "low"},
+                        "muon": {"points": [[0.02, 2.3]], "best_lr": 0.02, "best_loss": 2.3,
+                                 "edge": None}}}
+  assert looped.plateau_points(search) == {"adamw": [[3e-3, 3.18]], "muon": []}
+  text = looped.plateau_markdown({"lf": search}, {"lf": "LoopFormer"})
+  assert "| LoopFormer | 3.200 | 2.500 | adamw 0.003: 3.180 |" in text
+  assert "adamw 0.0001 (edge: low): 2.900; muon 0.02: 2.300" in text
+  assert looped.edge_text({"lf": search}) == "lf: adamw (low edge, 0.0001)"
+  assert looped.edge_text({"lf": {"results": {}}}) == "none"
+
+
+def test_report_only_trains_nothing_and_names_the_missing_campaigns(tmp_path):
+  assert not looped.finished(str(tmp_path), "loopformer_short")
+  assert looped.main(["--report-only", "--out", str(tmp_path), "--quiet"]) == 0
+  summary = json.loads((tmp_path / "study.json").read_text())
+  assert summary["missing"] == [c[0] for c in looped.campaigns(looped.PRESETS["cpu"])]
+  assert summary["runs"] == 0 and summary["tables"] == {}
+  assert "## Not finished" in (tmp_path / "report.md").read_text()
