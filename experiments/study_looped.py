@@ -469,7 +469,6 @@ def run(args, log) -> dict:
     preset = compare_preset(p, model, fields, horizon, names, seeds, args.data)
     searches[name], done[name] = study.tuned_campaign(
         root, name, preset, budget=p.budget, first_points=p.first_points, log=log)
-    done[name] = dict(done[name], campaign=name)  # a read-back campaign lacks its name
   edges = {name: study.edge_entries(s) for name, s in searches.items()}
   claim_edges = {k: edges.get(n, []) for k, n in (
       ("short", "loopformer_short"), ("long", "loopformer_long"),

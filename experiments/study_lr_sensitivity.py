@@ -380,10 +380,6 @@ def run(args, log) -> dict:
   extended = len(payloads) - 1
   payloads, curves, grids = close_bands(root, base, entries, payloads, grids, p.band_rounds,
                                         log)
-  # A campaign read back from its results.json carries no name: name them for the runtime.
-  names = (["grid"] + [f"grid/extend-{k}" for k in range(1, extended + 1)]
-           + [f"grid/band-{k}" for k in range(1, len(payloads) - extended)])
-  payloads = [dict(pl, campaign=pl.get("campaign") or n) for pl, n in zip(payloads, names)]
   runs = merged_runs(payloads)
   reference = best_of_all(curves)
   edges = [m for m, c in curves.items() if c["band"]["best_lr"] in (grids[m][0], grids[m][-1])]

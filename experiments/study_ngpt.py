@@ -229,8 +229,7 @@ def sphere_campaign(root, base, p, best, results, log):
                              f"{study.TUNE_SEED}; {MUON_MODDED} set by hand")
   preset = dataclasses.replace(preset, optimizers=dict(
       preset.optimizers, **{MUON_MODDED: dict(muon, learning_rate=MODDED_MUON_LR)}))
-  # The read-back of a finished campaign does not carry its name: set it for the runtime table.
-  return geo_search, dict(study.run_campaign(root, "sphere", preset, log=log), campaign="sphere")
+  return geo_search, study.run_campaign(root, "sphere", preset, log=log)
 
 
 def feature_entries(muon: dict, p) -> dict:

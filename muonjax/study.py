@@ -103,25 +103,46 @@ def tune_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
   Returns:
     The ``tune.json`` dict, with ``campaign`` set to ``name``.
 
+  A finished search of the same preset and seed with a smaller budget is
+  continued: its runs are reused (:func:`muonjax.tune.tune_preset`'s
+  ``known``), the old ``tune.json`` is kept as ``tune-budget-<n>.json``.
+
   Raises:
-    ValueError: the folder holds a search of another preset, budget or seed.
+    ValueError: the folder holds a search of another preset or seed, or a
+      larger budget.
   """
   folder = os.path.join(root, name)
   path = os.path.join(folder, "tune.json")
+  known, earlier_wall = None, 0.0
   if os.path.exists(path):
     with open(path) as f:
       payload = json.load(f)
     wanted = json.loads(json.dumps(dataclasses.asdict(preset), default=str))
-    if (payload["preset"], payload["budget"], payload["seed"],
-        payload.get("first_points", 3)) != (wanted, budget, seed, first_points):
+    same = (payload["preset"], payload["seed"], payload.get("first_points", 3)) == \
+        (wanted, seed, first_points)
+    if same and payload["budget"] == budget:
+      if log:
+        log(f"[{name}] already done: {path}")
+      return dict(payload, campaign=name)
+    if not same or payload["budget"] > budget:
       raise ValueError(f"{path} holds another search {name!r} (its preset, budget or seed "
                        "differs); delete that folder to rerun it")
+    # A larger budget continues the finished search: its runs are reused, not rerun.
+    known = {entry: {lr: loss for lr, loss in r["points"]}
+             for entry, r in payload["results"].items()}
+    earlier_wall = float(payload.get("wall_time") or 0.0)
+    os.replace(path, os.path.join(folder, f"tune-budget-{payload['budget']}.json"))
     if log:
-      log(f"[{name}] already done: {path}")
-    return dict(payload, campaign=name)
-  return dict(tune.tune_preset(preset, folder, budget=budget, seed=seed,
-                               first_points=first_points,
-                               on_run=_progress(name, preset.steps, log, "lr")), campaign=name)
+      log(f"[{name}] budget {payload['budget']} → {budget}: continuing the finished search")
+  result = tune.tune_preset(preset, folder, budget=budget, seed=seed, first_points=first_points,
+                            known=known, on_run=_progress(name, preset.steps, log, "lr"))
+  if earlier_wall:
+    result["wall_time"] += earlier_wall  # the search's runs, the reused ones included
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(result, f, indent=1)
+    os.replace(tmp, path)
+  return dict(result, campaign=name)
 
 
 def tuned_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,

@@ -63,7 +63,8 @@ def check_budget(budget, first_points: int = 3) -> int:
 
 
 def search_learning_rate(evaluate: Callable[[float], Optional[float]], start: float, *,
-                         budget: int = DEFAULT_BUDGET, first_points: int = 3) -> dict:
+                         budget: int = DEFAULT_BUDGET, first_points: int = 3,
+                         known: Optional[Mapping[float, Optional[float]]] = None) -> dict:
   """Searches the learning rate minimizing ``evaluate`` (see the module doc).
 
   Args:
@@ -72,6 +73,9 @@ def search_learning_rate(evaluate: Callable[[float], Optional[float]], start: fl
     budget: the most runs this search may use (≥ ``first_points``).
     first_points: the size of the first grid (odd; half-decade steps centred on
       ``start``).
+    known: lr → loss of runs already made (an earlier search with the same
+      start and a smaller budget): the search takes their losses instead of
+      running them again, so a larger budget continues where that search stopped.
 
   Returns:
     ``{"points": [[lr, loss], ...] sorted by lr, "best_lr", "best_loss",
@@ -89,7 +93,8 @@ def search_learning_rate(evaluate: Callable[[float], Optional[float]], start: fl
 
   def run(k: int) -> None:
     if k not in tried and len(tried) < budget:
-      loss = evaluate(_lr(start, k))
+      lr = _lr(start, k)
+      loss = known[lr] if known and lr in known else evaluate(lr)
       tried[k] = None if loss is None or not math.isfinite(loss) else float(loss)
 
   def best() -> int:  # ties go to the smaller rate
@@ -138,7 +143,8 @@ def use_compilation_cache(path: Optional[str] = None) -> str:
 
 
 def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Optional[int] = None,
-                first_points: int = 3, on_run: Optional[Callable[[str, float], Optional[Callable]]] = None) -> dict:
+                first_points: int = 3, known: Optional[Mapping[str, Mapping[float, Any]]] = None,
+                on_run: Optional[Callable[[str, float], Optional[Callable]]] = None) -> dict:
   """Tunes ``learning_rate`` of every entry of ``preset`` (a ``ComparePreset``), one seed each.
 
   Each entry's own ``learning_rate`` is the centre of its first grid. Writes
@@ -151,6 +157,9 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
     budget: runs per entry (equal for every entry).
     seed: the search seed (default: the preset's first seed).
     first_points: the size of every entry's first grid (see the module doc).
+    known: entry → {lr: loss} of runs an earlier search of this preset and seed
+      made (:func:`search_learning_rate`'s ``known``); ``reused`` in the result
+      counts them.
     on_run: ``on_run(entry, lr)`` returns the ``on_step`` callback of a run.
 
   Returns:
@@ -186,9 +195,12 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
         return None
       return result["final_val_loss"]
     results[name] = search_learning_rate(evaluate, float(entry["learning_rate"]), budget=budget,
-                                         first_points=first_points)
+                                         first_points=first_points,
+                                         known=(known or {}).get(name))
   payload = {"preset": json.loads(json.dumps(dataclasses.asdict(preset), default=str)),
              "budget": budget, "seed": seed, "first_points": first_points, "results": results,
+             "reused": sum(len([lr for lr, _ in r["points"] if lr in (known or {}).get(n, {})])
+                           for n, r in results.items()),
              "references": compare.comparison_references(preset, corpus),
              "wall_time": time.perf_counter() - start}
   payload["table"] = markdown_table(results, references=payload["references"])

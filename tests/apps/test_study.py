@@ -1,14 +1,14 @@
-"""Studies: campaigns, learning-rate grids and bands, one compilation per sweep, sphere updates.
+"""Studies: campaigns, tuned campaigns, learning-rate grids and bands, one compilation per
+sweep, sphere updates.
 
-The study scripts themselves (experiments/study_*.py) run their smoke presets
-here: the cheapest by default, the others with ``-m slow``.
+The study scripts themselves (experiments/study_*.py) run their smoke presets in
+tests/apps/test_study_<name>.py.
 """
 
 import dataclasses
 import json
 import math
 import os
-import subprocess
 import sys
 
 import jax
@@ -23,7 +23,6 @@ from muonjax import compare, models, report, study, sweep
 from muonjax.models.ngpt import sphere_projection
 from muonjax.train import TrainConfig, build_optimizer, lower_train_step, schedule_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_GPT = dict(vocab_size=64, d_model=16, n_layers=1, n_heads=2, d_ff=32)
 
 
@@ -323,35 +322,6 @@ def test_sphere_fields_are_checked():
   assert "sphere_every" not in TrainConfig.__dataclass_fields__
 
 
-# --- the study scripts ----------------------------------------------------------------
-
-
-def _run_script(name, tmp_path):
-  out = tmp_path / name
-  cmd = [sys.executable, os.path.join(ROOT, "experiments", f"{name}.py"), "--preset", "smoke",
-         "--out", str(out), "--cache", str(tmp_path / "xla"), "--quiet"]
-  done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-  report_text = (out / "report.md").read_text()
-  summary = json.loads((out / "study.json").read_text())
-  return out, report_text, summary
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name,tables", [
-    ("study_looped", {"loopformer_short", "loopformer_long", "mor_long", "hyperloop_long"}),
-    ("study_moe", {"sensitivity_beta", "sensitivity_ns_steps", "hybrid", "ablation",
-                   "activations"}),
-    ("study_ngpt", {"adam_branch", "gated", "geodesic", "features", "lazy"}),
-])
-def test_study_smoke(tmp_path, name, tables):
-  out, text, summary = _run_script(name, tmp_path)
-  assert set(summary["tables"]) == tables
-  for rows in summary["tables"].values():
-    assert rows and all(r["val_loss"] is None or math.isfinite(r["val_loss"]) for r in rows)
-  assert text.count("\n## ") >= len(tables)
-
-
 # --- tuned campaigns, interior grids, bands against a reference, the runtime table ---------
 
 
@@ -418,7 +388,31 @@ def test_tuned_campaign_reads_back_and_refuses_another_search(tmp_path, monkeypa
   assert campaign["runs"]["adamw"][0]["final_val_loss"] == pytest.approx(1e-2)  # the tuned rate
   assert "budget 5 runs per entry" in study.search_markdown(got, "h")
   with pytest.raises(ValueError, match="another search"):
-    study.tuned_campaign(str(tmp_path), "c", preset, budget=6, log=None)
+    study.tuned_campaign(str(tmp_path), "c", preset, budget=5, seed=7, log=None)
+
+
+def test_tune_campaign_continues_a_search_with_a_larger_budget(tmp_path, monkeypatch):
+  preset = dataclasses.replace(compare.get_preset("smoke"),
+                               optimizers={"adamw": {"learning_rate": 3e-3}})
+  folder = tmp_path / "s"
+  folder.mkdir()
+  old = {"preset": json.loads(json.dumps(dataclasses.asdict(preset), default=str)),
+         "budget": 3, "seed": study.TUNE_SEED, "first_points": 3, "wall_time": 50.0,
+         "results": {"adamw": {"points": [[1e-3, 2.0], [3e-3, 2.5]], "runs": 3}}}
+  (folder / "tune.json").write_text(json.dumps(old))
+  seen = {}
+
+  def fake_tune_preset(preset, out_dir, *, budget, seed, first_points, known, on_run):
+    seen.update(budget=budget, known=known)
+    return dict(old, budget=budget, wall_time=10.0)
+  monkeypatch.setattr(study.tune, "tune_preset", fake_tune_preset)
+  got = study.tune_campaign(str(tmp_path), "s", preset, budget=5, log=None)
+  assert seen == {"budget": 5, "known": {"adamw": {1e-3: 2.0, 3e-3: 2.5}}}
+  assert got["wall_time"] == 60.0 and got["campaign"] == "s"
+  assert json.loads((folder / "tune-budget-3.json").read_text())["budget"] == 3
+  assert json.loads((folder / "tune.json").read_text())["wall_time"] == 60.0
+  with pytest.raises(ValueError, match="another search"):  # a smaller budget: not a continuation
+    study.tune_campaign(str(tmp_path), "s", preset, budget=4, log=None)
 
 
 def test_report_has_a_runtime_row_per_campaign(tmp_path):

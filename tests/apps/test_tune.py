@@ -74,6 +74,19 @@ def test_five_point_first_grid_spans_two_decades():
   assert sorted(calls[5:]) == pytest.approx([3e-3 / 10 ** 0.25, 3e-3 * 10 ** 0.25], rel=1e-5)
 
 
+def test_a_larger_budget_continues_a_search_without_rerunning_it():
+  evaluate, calls = bowl(1e-5)  # far below the start: the first search ends on the edge
+  first = tune.search_learning_rate(evaluate, 3e-3, budget=6, first_points=5)
+  assert first["edge"] == "low"
+  known = {lr: loss for lr, loss in first["points"]}
+  evaluate_again, new_calls = bowl(1e-5)
+  more = tune.search_learning_rate(evaluate_again, 3e-3, budget=9, first_points=5, known=known)
+  full_evaluate, _ = bowl(1e-5)
+  full = tune.search_learning_rate(full_evaluate, 3e-3, budget=9, first_points=5)
+  assert more == full  # the same search as one made with the larger budget from the start
+  assert not set(new_calls) & set(known) and len(new_calls) == more["runs"] - 6
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError, match="start"):
     tune.search_learning_rate(lambda lr: 1.0, -1.0)
