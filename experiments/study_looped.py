@@ -85,6 +85,10 @@ class Preset:
   timing_repeats: int = 20
   warmup_fraction: float = 0.1
   extra_models: tuple = ("mor", "hyperloop")  # campaigns beyond LoopFormer and its controls
+  # Campaign → a larger budget for every arm of that campaign: for cells whose first
+  # search (``budget`` runs) left rates on a grid edge. The search continues from its
+  # finished runs (study.tune_campaign reuses them), so the cell's arms stay equal.
+  budget_overrides: dict = dataclasses.field(default_factory=dict)
 
 
 PRESETS = {
@@ -95,7 +99,9 @@ PRESETS = {
         hyperloop=dict(d_model=64, n_layers=1, n_heads=4, d_ff=256, n_begin=1, n_end=1,
                        n_loops=2, n_streams=2),
         short_steps=50, long_steps=150, batch_size=8, seq_len=64, eval_batches=32,
-        short_eval_every=25, long_eval_every=50),
+        short_eval_every=25, long_eval_every=50,
+        # 6 runs left AdamW, AdaMuon and Mano on the low edge in these two cells.
+        budget_overrides={"loopformer_short": 9, "loopformer_open_long": 9}),
     # Seconds: the test's preset. LoopFormer (both horizons of one length, so they
     # share compiled programs) and its two controls, AdamW and Muon, 2 seeds (so
     # intervals exist); MoR and Hyperloop are the same code path on other models.
@@ -468,7 +474,8 @@ def run(args, log) -> dict:
       continue
     preset = compare_preset(p, model, fields, horizon, names, seeds, args.data)
     searches[name], done[name] = study.tuned_campaign(
-        root, name, preset, budget=p.budget, first_points=p.first_points, log=log)
+        root, name, preset, budget=p.budget_overrides.get(name, p.budget),
+        first_points=p.first_points, log=log)
   edges = {name: study.edge_entries(s) for name, s in searches.items()}
   claim_edges = {k: edges.get(n, []) for k, n in (
       ("short", "loopformer_short"), ("long", "loopformer_long"),
@@ -516,7 +523,11 @@ def run(args, log) -> dict:
       f"{study.TUNE_SEED}, not an evaluation seed), a first grid of {p.first_points} half-decade "
       "points around its centre (AdamW 3e-3: 3e-4 … 3e-2; Muon, NorMuon, Newton-Muon 0.02; "
       "AdaMuon 0.01; Mano 5e-3). Newton-Muon runs at its defaults (refresh every 16 steps, "
-      f"ridge 0.2): no extra grid. Rates left on a grid edge: {edge_text(searches)}. A claim "
+      f"ridge 0.2): no extra grid. "
+      + "".join(f"{titles[n]}: {k} runs per arm (its first search of {p.budget} left rates on a "
+                "grid edge; the search continued from those runs). "
+                for n, k in p.budget_overrides.items() if n in titles)
+      + f"Rates left on a grid edge: {edge_text(searches)}. A claim "
       "resting on one of them gets no verdict (inconclusive). A rate on the low edge with the "
       "higher rates on the unigram plateau means the optimizer's matrices do best when they "
       "barely move (the shared AdamW of the embeddings, head and conditioning still trains at "
