@@ -293,6 +293,25 @@ def edge_text(searches: Mapping[str, Mapping]) -> str:
   return "; ".join(parts) or "none"
 
 
+# A low edge whose two smallest rates end within FLAT_LOSS of each other, the smallest
+# at most FROZEN_LR: the matrices barely move there, so the loss has reached its
+# limit for lr → 0 (the matrices frozen at their initialization, the shared AdamW still
+# training the rest); a smaller rate cannot move it by more than that.
+FLAT_LOSS = 0.002
+FROZEN_LR = 1e-5
+
+
+def frozen_edges(search: Mapping[str, Any]) -> list[str]:
+  """Entries of a search whose best rate is on a flat low edge (see FLAT_LOSS)."""
+  out = []
+  for name, r in search["results"].items():
+    points = sorted(p for p in r["points"] if p[1] is not None)
+    if r.get("edge") == "low" and len(points) >= 2 and points[0][0] <= FROZEN_LR \
+        and abs(points[1][1] - points[0][1]) < FLAT_LOSS:
+      out.append(name)
+  return out
+
+
 def on_edge(claim: Claim, entries: Sequence[str], edges: Sequence[str]) -> Claim:
   """No verdict rests on a rate left on a grid edge: such a claim becomes inconclusive."""
   hit = sorted(set(entries) & set(edges))
@@ -476,7 +495,10 @@ def run(args, log) -> dict:
     searches[name], done[name] = study.tuned_campaign(
         root, name, preset, budget=p.budget_overrides.get(name, p.budget),
         first_points=p.first_points, log=log)
-  edges = {name: study.edge_entries(s) for name, s in searches.items()}
+  # A flat low edge (frozen_edges) is the lr → 0 limit: it withholds no verdict.
+  frozen = {name: frozen_edges(s) for name, s in searches.items()}
+  edges = {name: [e for e in study.edge_entries(s) if e not in frozen[name]]
+           for name, s in searches.items()}
   claim_edges = {k: edges.get(n, []) for k, n in (
       ("short", "loopformer_short"), ("long", "loopformer_long"),
       ("open", "loopformer_open_long"), ("gpt", "gpt_long"))}
@@ -527,8 +549,13 @@ def run(args, log) -> dict:
       + "".join(f"{titles[n]}: {k} runs per arm (its first search of {p.budget} left rates on a "
                 "grid edge; the search continued from those runs). "
                 for n, k in p.budget_overrides.items() if n in titles)
-      + f"Rates left on a grid edge: {edge_text(searches)}. A claim "
-      "resting on one of them gets no verdict (inconclusive). A rate on the low edge with the "
+      + f"Rates left on a grid edge: {edge_text(searches)}. Of these, on a flat low edge "
+      f"(the two smallest rates within {FLAT_LOSS} of each other, the smallest ≤ "
+      f"{FROZEN_LR:g}: the matrices barely move, so the loss is at its lr → 0 limit and a "
+      "smaller rate cannot change a verdict by more than that): "
+      + ("; ".join(f"{n}: {', '.join(f)}" for n, f in frozen.items() if f) or "none")
+      + ". Any other edge rate withholds the verdicts resting on it (inconclusive). A rate on "
+      "the low edge with the "
       "higher rates on the unigram plateau means the optimizer's matrices do best when they "
       "barely move (the shared AdamW of the embeddings, head and conditioning still trains at "
       "3e-3).", "",

@@ -252,3 +252,13 @@ def test_report_only_trains_nothing_and_names_the_missing_campaigns(tmp_path):
   assert summary["missing"] == [c[0] for c in looped.campaigns(looped.PRESETS["cpu"])]
   assert summary["runs"] == 0 and summary["tables"] == {}
   assert "## Not finished" in (tmp_path / "report.md").read_text()
+
+
+def test_frozen_edges_are_flat_low_edges_at_tiny_rates():
+  search = {"results": {
+      "flat": {"edge": "low", "points": [[3e-6, 2.8865], [9.5e-6, 2.8872], [3e-5, 2.89]]},
+      "steep": {"edge": "low", "points": [[3e-6, 2.80], [9.5e-6, 2.85]]},
+      "large": {"edge": "low", "points": [[1e-3, 2.8865], [3e-3, 2.8866]]},
+      "high": {"edge": "high", "points": [[1e-6, 2.9], [1e-5, 2.9]]},
+      "inside": {"edge": None, "points": [[1e-6, 2.9], [1e-5, 2.8], [1e-4, 2.9]]}}}
+  assert looped.frozen_edges(search) == ["flat"]
