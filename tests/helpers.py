@@ -260,3 +260,19 @@ def write_word_corpus(path, words, seed: int, lines: int = 3000) -> str:
   text = [" ".join(rng.choice(words, size=rng.randint(3, 12))) for _ in range(lines)]
   path.write_text("\n".join(text))
   return str(path)
+
+
+def load_experiment(name: str):
+  """``experiments/<name>.py`` imported as a module (registered in ``sys.modules``:
+  the script's dataclasses look their module up there)."""
+  import importlib.util
+  import os
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(root, "experiments", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module

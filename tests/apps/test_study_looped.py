@@ -1,7 +1,6 @@
 """Study 1 (experiments/study_looped.py): its smoke preset end to end, and its pure helpers
 (depth use, gap intervals, claim verdicts) on hand-made payloads."""
 
-import importlib.util
 import json
 import math
 import os
@@ -10,19 +9,13 @@ import sys
 
 import pytest
 
+import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "experiments", "study_looped.py")
 
 
-def _module():
-  spec = importlib.util.spec_from_file_location("study_looped", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
-
-
-looped = _module()
+looped = helpers.load_experiment("study_looped")
 
 
 def _runs(losses, **terms):

@@ -1,7 +1,6 @@
 """Study 4 (experiments/study_lr_sensitivity.py): its band and claim helpers on hand-made
 grids, and the script's smoke preset end to end."""
 
-import importlib.util
 import json
 import math
 import os
@@ -10,21 +9,14 @@ import sys
 
 import pytest
 
+import helpers
+
 from muonjax import study, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _script():
-  path = os.path.join(ROOT, "experiments", "study_lr_sensitivity.py")
-  spec = importlib.util.spec_from_file_location("study_lr_sensitivity", path)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # its dataclasses look their module up
-  spec.loader.exec_module(module)
-  return module
-
-
-S = _script()
+S = helpers.load_experiment("study_lr_sensitivity")
 
 
 def _grid(method_losses):

@@ -1,7 +1,6 @@
 """Study 2 (experiments/study_moe.py): the claim helpers on hand-made intervals, and the
 whole script's smoke preset end to end."""
 
-import importlib.util
 import json
 import math
 import os
@@ -10,19 +9,12 @@ import sys
 
 import pytest
 
+import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _module():
-  spec = importlib.util.spec_from_file_location(
-      "study_moe", os.path.join(ROOT, "experiments", "study_moe.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["study_moe"] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
-
-
-moe = _module()
+moe = helpers.load_experiment("study_moe")
 
 
 def iv(lo, hi, n=3):

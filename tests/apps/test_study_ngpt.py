@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -11,19 +10,13 @@ import sys
 
 import pytest
 
+import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "experiments", "study_ngpt.py")
 
 
-def _module():
-  spec = importlib.util.spec_from_file_location("study_ngpt", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
-
-
-ngpt = _module()
+ngpt = helpers.load_experiment("study_ngpt")
 
 
 def _run_script(tmp_path):
