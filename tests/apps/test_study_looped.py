@@ -191,7 +191,7 @@ def test_presets_give_every_arm_the_same_budget_and_the_adamw_grid_two_decades()
 # --- the script end to end ------------------------------------------------------------
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # a whole study script end to end (minutes with compilation): -m slow
 def test_study_looped_smoke(tmp_path):
   out = tmp_path / "looped"
   cmd = [sys.executable, SCRIPT, "--preset", "smoke", "--out", str(out), "--cache",

@@ -142,7 +142,7 @@ def test_merged_runs_refuses_campaigns_of_other_seeds():
     S.merged_runs([a, b])
 
 
-@pytest.mark.e2e  # trains the smoke preset (tiny GPT, a few steps): CI's second tier
+@pytest.mark.slow  # a whole study script end to end (minutes with compilation): -m slow
 def test_smoke_preset_end_to_end(tmp_path):
   out = tmp_path / "lr"
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "study_lr_sensitivity.py"),
