@@ -114,7 +114,7 @@ def test_presets_keep_budgets_and_evaluation_size():
 # --- the script --------------------------------------------------------------------------
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # a whole study script end to end (minutes with compilation): -m slow
 def test_study_ngpt_smoke(tmp_path):
   out, text, summary = _run_script(tmp_path)
   for folder in ("joint/tune", "sphere/tune", "features/tune"):
