@@ -135,13 +135,8 @@ def tune_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
     if log:
       log(f"[{name}] budget {payload['budget']} → {budget}: continuing the finished search")
   result = tune.tune_preset(preset, folder, budget=budget, seed=seed, first_points=first_points,
-                            known=known, on_run=_progress(name, preset.steps, log, "lr"))
-  if earlier_wall:
-    result["wall_time"] += earlier_wall  # the search's runs, the reused ones included
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(result, f, indent=1)
-    os.replace(tmp, path)
+                            known=known, known_wall_time=earlier_wall,
+                            on_run=_progress(name, preset.steps, log, "lr"))
   return dict(result, campaign=name)
 
 

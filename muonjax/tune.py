@@ -144,7 +144,7 @@ def use_compilation_cache(path: Optional[str] = None) -> str:
 
 def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Optional[int] = None,
                 first_points: int = 3, known: Optional[Mapping[str, Mapping[float, Any]]] = None,
-                on_run: Optional[Callable[[str, float], Optional[Callable]]] = None) -> dict:
+                known_wall_time: float = 0.0, on_run: Optional[Callable[[str, float], Optional[Callable]]] = None) -> dict:
   """Tunes ``learning_rate`` of every entry of ``preset`` (a ``ComparePreset``), one seed each.
 
   Each entry's own ``learning_rate`` is the centre of its first grid. Writes
@@ -160,6 +160,7 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
     known: entry → {lr: loss} of runs an earlier search of this preset and seed
       made (:func:`search_learning_rate`'s ``known``); ``reused`` in the result
       counts them.
+    known_wall_time: the seconds those runs took (added to ``wall_time``).
     on_run: ``on_run(entry, lr)`` returns the ``on_step`` callback of a run.
 
   Returns:
@@ -202,7 +203,7 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
              "reused": sum(len([lr for lr, _ in r["points"] if lr in (known or {}).get(n, {})])
                            for n, r in results.items()),
              "references": compare.comparison_references(preset, corpus),
-             "wall_time": time.perf_counter() - start}
+             "wall_time": known_wall_time + time.perf_counter() - start}
   payload["table"] = markdown_table(results, references=payload["references"])
   with open(os.path.join(out_dir, "tune.md"), "w") as f:
     f.write(payload["table"] + "\n")

@@ -402,9 +402,12 @@ def test_tune_campaign_continues_a_search_with_a_larger_budget(tmp_path, monkeyp
   (folder / "tune.json").write_text(json.dumps(old))
   seen = {}
 
-  def fake_tune_preset(preset, out_dir, *, budget, seed, first_points, known, on_run):
+  def fake_tune_preset(preset, out_dir, *, budget, seed, first_points, known, known_wall_time,
+                       on_run):
     seen.update(budget=budget, known=known)
-    return dict(old, budget=budget, wall_time=10.0)
+    payload = dict(old, budget=budget, wall_time=known_wall_time + 10.0)
+    (folder / "tune.json").write_text(json.dumps(payload))  # as tune_preset writes it
+    return payload
   monkeypatch.setattr(study.tune, "tune_preset", fake_tune_preset)
   got = study.tune_campaign(str(tmp_path), "s", preset, budget=5, log=None)
   assert seen == {"budget": 5, "known": {"adamw": {1e-3: 2.0, 3e-3: 2.5}}}
