@@ -117,9 +117,8 @@ def tune_campaign(root: str, name: str, preset: ComparePreset, *, budget: int,
   if os.path.exists(path):
     with open(path) as f:
       payload = json.load(f)
-    wanted = json.loads(json.dumps(dataclasses.asdict(preset), default=str))
     same = (payload["preset"], payload["seed"], payload.get("first_points", 3)) == \
-        (wanted, seed, first_points)
+        (tune.preset_json(preset), seed, first_points)
     if same and payload["budget"] == budget:
       if log:
         log(f"[{name}] already done: {path}")

@@ -198,7 +198,7 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
     results[name] = search_learning_rate(evaluate, float(entry["learning_rate"]), budget=budget,
                                          first_points=first_points,
                                          known=(known or {}).get(name))
-  payload = {"preset": json.loads(json.dumps(dataclasses.asdict(preset), default=str)),
+  payload = {"preset": preset_json(preset),
              "budget": budget, "seed": seed, "first_points": first_points, "results": results,
              "reused": sum(len([lr for lr, _ in r["points"] if lr in (known or {}).get(n, {})])
                            for n, r in results.items()),
@@ -212,6 +212,11 @@ def tune_preset(preset, out_dir: str, *, budget: int = DEFAULT_BUDGET, seed: Opt
     json.dump(payload, f, indent=1)
   os.replace(tmp, path)
   return payload
+
+
+def preset_json(preset) -> dict:
+  """A ``ComparePreset`` as ``tune.json`` records it (and as a read-back compares it)."""
+  return json.loads(json.dumps(dataclasses.asdict(preset), default=str))
 
 
 def lr_cell(result: Mapping[str, Any]) -> str:
